@@ -1,0 +1,600 @@
+"""Object storage: a local folder (file://) and S3-compatible storage (s3://) behind one interface.
+
+Everything the pipeline keeps lives in one store, so a worker's disk is never the only copy.
+Writes are atomic on both backends: a reader sees the old object or the new one, never a part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.request import url2pathname
+
+from pneumo_core.errors import InputError, ObjectNotFound, StorageError, TransientStorageError
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+CHUNK = 8 * MiB
+TMP_SUFFIX = ".pneumo-tmp"  # temp files carry it so listings can hide half-written objects
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store root or mean different things on each backend."""
+    if not isinstance(key, str) or not key:
+        raise InputError(f"invalid storage key {key!r}: it is empty")
+    if (
+        key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(part in ("", ".", "..") for part in key.split("/"))
+    ):
+        raise InputError(
+            f"invalid storage key {key!r}: keys are relative and '/'-separated, "
+            "without '..', '.', backslashes or empty parts"
+        )
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A prefix is a key, or the start of one; '' and a trailing '/' are allowed."""
+    if prefix:
+        check_key(prefix.removesuffix("/"))
+    return prefix
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temp path beside `dest` and move it over `dest` only when the block succeeds.
+
+    Same folder, so `os.replace` is an atomic rename; on failure the old `dest` stays intact.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _source_file(path: str | Path) -> Path:
+    source = Path(path)
+    if not source.is_file():
+        raise InputError(f"cannot upload {source}: it is not a file")
+    return source
+
+
+class ObjectStore(ABC):
+    """The few operations the pipeline needs, identical on every backend."""
+
+    uri: str
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | Path) -> None: ...
+
+    @abstractmethod
+    def get_file(self, key: str, path: str | Path) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    def sha256(self, key: str) -> str: ...
+
+    @abstractmethod
+    def local_path(self, key: str) -> Path: ...
+
+    @abstractmethod
+    def url(self, key: str) -> str: ...
+
+    @abstractmethod
+    def presigned_url(self, key: str, expires_s: int = 7 * 86400) -> str | None: ...
+
+    def put_text(self, key: str, text: str) -> None:
+        self.put_bytes(key, text.encode("utf-8"))
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode("utf-8")
+
+    def put_json(self, key: str, obj: Any) -> None:
+        self.put_text(key, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    def get_json(self, key: str) -> Any:
+        text = self.get_text(key)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{self.url(key)} is not valid JSON: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+class LocalStore(ObjectStore):
+    """A folder; the embedded default. Temp file + rename makes every write atomic."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uri = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _existing(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"{self.url(key)} does not exist")
+        return path
+
+    @contextlib.contextmanager
+    def _writing(self, key: str) -> Iterator[Path]:
+        path = self._path(key)
+        try:
+            with atomic_path(path) as tmp:
+                yield tmp
+        except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+            raise StorageError(f"cannot write {self.url(key)}: {exc.strerror}") from exc
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._writing(key) as tmp:
+            tmp.write_bytes(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._existing(key).read_bytes()
+
+    def put_file(self, key: str, path: str | Path) -> None:
+        source = _source_file(path)
+        with self._writing(key) as tmp:
+            shutil.copyfile(source, tmp)
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        source = self._existing(key)
+        with atomic_path(Path(path)) as tmp:
+            shutil.copyfile(source, tmp)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        check_prefix(prefix)
+        base = self.root / prefix.rpartition("/")[0]
+        keys = []
+        for folder, _dirs, files in os.walk(base):
+            for name in files:
+                if name.endswith(TMP_SUFFIX):
+                    continue
+                key = (Path(folder) / name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            self._path(key).unlink()
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for key in keys:
+            self.delete(key)
+        base = self.root / prefix.rpartition("/")[0]
+        for folder, _dirs, _files in os.walk(base, topdown=False):
+            if Path(folder) != self.root:
+                with contextlib.suppress(OSError):  # not empty: another object lives there
+                    os.rmdir(folder)
+        return len(keys)
+
+    def size(self, key: str) -> int:
+        return self._existing(key).stat().st_size
+
+    def sha256(self, key: str) -> str:
+        return file_sha256(self._existing(key))
+
+    def local_path(self, key: str) -> Path:
+        return self._existing(key)
+
+    def url(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def presigned_url(self, key: str, expires_s: int = 7 * 86400) -> str | None:
+        check_key(key)
+        return None
+
+
+# S3 error codes: which ones a retry can fix and which ones mean "object missing".
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_TRANSIENT_CODES = {
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+}
+_CREDENTIAL_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "403",
+    "Forbidden",
+    "InvalidToken",
+    "ExpiredToken",
+}
+
+
+def _env_number(name: str, default: float, kind: Callable[[str], float]) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise InputError(f"environment variable {name}={raw!r} is not a number") from None
+    if value < 0:
+        raise InputError(f"environment variable {name}={raw!r} must not be negative")
+    return value
+
+
+class S3Store(ObjectStore):
+    """S3-compatible storage (AWS, MinIO, SeaweedFS) through boto3.
+
+    The endpoint, region and credentials come from the usual AWS_* variables
+    (AWS_ENDPOINT_URL[_S3], AWS_REGION, AWS_ACCESS_KEY_ID, ...) unless given here.
+    Each operation is retried on transient failures (connection errors, timeouts, 5xx,
+    throttling) with exponential backoff and jitter: `max_attempts` tries in all
+    (env PNEUMO_S3_MAX_ATTEMPTS, default 6), the first delay `backoff_s`
+    (env PNEUMO_S3_BACKOFF_S, default 0.5 s) doubling up to 20 s. botocore's own retries
+    are off so that the number of attempts is exactly what was configured (a failed
+    multipart upload is aborted by boto3 and retried whole). Permanent failures (missing
+    bucket, refused credentials) raise StorageError at once.
+    """
+
+    MAX_BACKOFF_S = 20.0
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        max_attempts: int | None = None,
+        backoff_s: float | None = None,
+        multipart_threshold: int = 64 * MiB,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        if not bucket:
+            raise InputError("an S3 store needs a bucket name")
+        self.bucket = bucket
+        self.prefix = check_prefix(prefix.strip("/")).strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.max_attempts = max(
+            1, int(max_attempts or _env_number("PNEUMO_S3_MAX_ATTEMPTS", 6, int))
+        )
+        self.backoff_s = (
+            backoff_s if backoff_s is not None else _env_number("PNEUMO_S3_BACKOFF_S", 0.5, float)
+        )
+        self.cache_dir = Path(
+            cache_dir or os.environ.get("PNEUMO_CACHE_DIR") or Path.home() / ".cache" / "pneumo"
+        ).expanduser()
+        session = boto3.session.Session(
+            aws_access_key_id=access_key, aws_secret_access_key=secret_key
+        )
+        config = Config(
+            region_name=region or session.region_name or "us-east-1",
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},  # SeaweedFS/MinIO have no virtual-host buckets
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            request_checksum_calculation="when_required",  # S3 clones lag behind AWS here
+            response_checksum_validation="when_required",
+        )
+        self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.endpoint = self._client.meta.endpoint_url
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=max(5 * MiB, multipart_threshold),
+            max_concurrency=4,
+        )
+        self._bucket_seen = False
+
+    # -- keys and urls -----------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._full(check_key(key))}"
+
+    # -- retries and error translation -------------------------------------------------------
+
+    def _call(self, action: str, key: str | None, fn: Callable[[], T]) -> T:
+        """Run one S3 operation: retry what a retry can fix, translate the rest at once."""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return fn()
+            except Exception as exc:
+                error = self._translate(action, key, exc)
+                if error is None:
+                    raise
+                if isinstance(error, TransientStorageError) and attempt < self.max_attempts:
+                    delay = min(self.MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
+                    time.sleep(delay * random.uniform(0.5, 1.0))
+                    continue
+                raise error from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _where(self, key: str | None) -> str:
+        target = self.url(key) if key is not None else self.uri
+        return f"{target} (endpoint {self.endpoint})"
+
+    def _translate(self, action: str, key: str | None, exc: Exception) -> Exception | None:
+        """Map a boto3 failure to our error types; messages name bucket, key and endpoint only."""
+        from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
+            return self._translate(action, key, exc.__context__)
+        if isinstance(exc, RetriesExceededError) and isinstance(exc.last_exception, Exception):
+            return self._translate(action, key, exc.last_exception)
+        where = self._where(key)
+        if isinstance(exc, ConnectionError | HTTPClientError):
+            return TransientStorageError(
+                f"S3 {action} of {where} failed after {self.max_attempts} attempts: {exc}"
+            )
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StorageError(
+                f"S3 {action} of {where}: no complete credentials; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or an AWS profile)"
+            )
+        if not isinstance(exc, ClientError):
+            return None
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code == "NoSuchBucket" or (code in _NOT_FOUND_CODES and not self._bucket_exists()):
+            return StorageError(
+                f"S3 bucket {self.bucket!r} does not exist at endpoint {self.endpoint}"
+            )
+        if code in _NOT_FOUND_CODES:
+            return ObjectNotFound(f"{self.url(key) if key else self.uri} does not exist")
+        if code in _TRANSIENT_CODES or status >= 500:
+            return TransientStorageError(
+                f"S3 {action} of {where} failed after {self.max_attempts} attempts "
+                f"({code or status})"
+            )
+        if code in _CREDENTIAL_CODES:
+            return StorageError(
+                f"S3 {action} of {where} was refused ({code}): check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's permissions"
+            )
+        message = exc.response.get("Error", {}).get("Message", "")
+        return StorageError(f"S3 {action} of {where} failed ({code or status}): {message}")
+
+    def _bucket_exists(self) -> bool:
+        """A HEAD's 404 does not say whether the key or the bucket is missing; ask once."""
+        from botocore.exceptions import ClientError
+
+        if not self._bucket_seen:
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                return code not in _NOT_FOUND_CODES | {"NoSuchBucket"}
+            except Exception:
+                return True  # cannot tell; the caller reports the missing key
+            self._bucket_seen = True
+        return True
+
+    def _head(self, key: str) -> dict[str, Any]:
+        full = self._full(check_key(key))
+        return self._call(
+            "HEAD", key, lambda: self._client.head_object(Bucket=self.bucket, Key=full)
+        )
+
+    # -- operations --------------------------------------------------------------------------
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        full = self._full(check_key(key))
+        digest = hashlib.sha256(data).hexdigest()
+        self._call(
+            "PUT",
+            key,
+            lambda: self._client.put_object(
+                Bucket=self.bucket, Key=full, Body=data, Metadata={"sha256": digest}
+            ),
+        )
+
+    def get_bytes(self, key: str) -> bytes:
+        full = self._full(check_key(key))
+        return self._call(
+            "GET",
+            key,
+            lambda: self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read(),
+        )
+
+    def put_file(self, key: str, path: str | Path) -> None:
+        """Streams the file; above the threshold it goes up as a multipart upload."""
+        full = self._full(check_key(key))
+        source = _source_file(path)
+        digest = file_sha256(source)
+        self._call(
+            "upload",
+            key,
+            lambda: self._client.upload_file(
+                str(source),
+                self.bucket,
+                full,
+                ExtraArgs={"Metadata": {"sha256": digest}},
+                Config=self._transfer,
+            ),
+        )
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        full = self._full(check_key(key))
+
+        def download() -> None:
+            with atomic_path(Path(path)) as tmp:
+                self._client.download_file(self.bucket, full, str(tmp), Config=self._transfer)
+
+        self._call("download", key, download)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        check_prefix(prefix)
+        root = f"{self.prefix}/" if self.prefix else ""
+        full = root + prefix
+
+        def list_all() -> list[str]:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+        keys = self._call("LIST", prefix or None, list_all)
+        return sorted(k[len(root) :] for k in keys if not k.endswith("/"))
+
+    def delete(self, key: str) -> None:
+        full = self._full(check_key(key))
+        self._call("DELETE", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list(prefix)
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = {"Objects": [{"Key": self._full(k)} for k in keys[start : start + 1000]]}
+            result = self._call(
+                "DELETE",
+                prefix or None,
+                lambda b=batch: self._client.delete_objects(Bucket=self.bucket, Delete=b),
+            )
+            if result.get("Errors"):
+                first = result["Errors"][0]
+                raise StorageError(
+                    f"S3 DELETE of {self._where(prefix or None)}: {len(result['Errors'])} keys "
+                    f"failed, e.g. {first.get('Key')} ({first.get('Code')})"
+                )
+        return len(keys)
+
+    def size(self, key: str) -> int:
+        return int(self._head(key)["ContentLength"])
+
+    def sha256(self, key: str) -> str:
+        """From the metadata our writes store; objects written by others are hashed as a stream."""
+        stored = self._head(key).get("Metadata", {}).get("sha256")
+        if stored:
+            return stored
+        full = self._full(key)
+
+        def stream_hash() -> str:
+            body = self._client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            digest = hashlib.sha256()
+            for chunk in body.iter_chunks(CHUNK):
+                digest.update(chunk)
+            return digest.hexdigest()
+
+        return self._call("GET", key, stream_hash)
+
+    def local_path(self, key: str) -> Path:
+        """A cached download, reused while the object's etag and size are unchanged."""
+        head = self._head(key)
+        etag = str(head.get("ETag", "")).strip('"').replace("-", "_")
+        size = int(head["ContentLength"])
+        name = hashlib.sha256(
+            f"{self.endpoint}|{self.bucket}|{self._full(key)}".encode()
+        ).hexdigest()
+        folder = self.cache_dir / "s3"
+        path = folder / f"{name[:40]}-{etag}-{size}{Path(key).suffix}"
+        if path.is_file() and path.stat().st_size == size:
+            return path
+        self.get_file(key, path)
+        for stale in folder.glob(f"{name[:40]}-*"):
+            if stale != path and not stale.name.endswith(TMP_SUFFIX):
+                stale.unlink(missing_ok=True)
+        return path
+
+    def presigned_url(self, key: str, expires_s: int = 7 * 86400) -> str | None:
+        full = self._full(check_key(key))
+        return self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_s
+        )
+
+
+def open_store(uri: str | Path) -> ObjectStore:
+    """'file://PATH', a plain path, or 's3://bucket[/prefix]'."""
+    text = str(uri)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise InputError(f"storage URI {text!r} names no bucket (expected s3://bucket/prefix)")
+        return S3Store(bucket, prefix)
+    if text.startswith("file://"):
+        return LocalStore(url2pathname(text.removeprefix("file://")))
+    if "://" in text:
+        raise InputError(f"unsupported storage URI {text!r}: use file://PATH, a path or s3://")
+    if not text:
+        raise InputError("empty storage URI")
+    return LocalStore(text)
