@@ -1,0 +1,155 @@
+"""Out-of-fold evaluation on a hand-made run in a file:// store."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo_core.errors import InputError
+from pneumo_core.evaluate import evaluate_run
+from pneumo_core.storage import open_store
+
+DATASET = "toy"
+SIZE = 256
+RUN = "run-1"
+
+
+def make_run(root, postprocess=None, grow=1.0, seed=0):
+    """40 patients in 2 folds; positives have 1-2 boxes. Every truth box is predicted with a
+    score in 0.6-0.9 (`grow` times its size, same centre); every image also gets 2 far-off
+    false positives scored 0.1-0.4. A threshold between 0.4 and 0.6 separates them."""
+    rng = np.random.default_rng(seed)
+    store = open_store(f"file://{root}")
+    labels, boxes, oof = [], [], []
+    for i in range(40):
+        pid, fold = f"p{i:02d}", i % 2
+        n = [0, 1, 2, 0][i % 4]
+        labels.append((pid, "Lung Opacity" if n else "Normal", int(n > 0), n))
+        for j in range(n):
+            x, y, w, h = 100 + 400 * j, 300.0, 150.0, 200.0
+            boxes.append((pid, x, y, w, h, x / 4, y / 4, w / 4, h / 4))
+            cx, cy = x + w / 2, y + h / 2
+            gw, gh = w * grow, h * grow
+            oof.append((pid, fold, rng.uniform(0.6, 0.9), cx - gw / 2, cy - gh / 2, gw, gh))
+        for _ in range(2):
+            oof.append((pid, fold, rng.uniform(0.1, 0.4), 850.0, 850.0, 100.0, 100.0))
+    prefix = f"prepared/{DATASET}/{SIZE}"
+    store.put_text(f"{prefix}/labels.csv", csv(labels, "patientId,class,target,n_boxes"))
+    store.put_text(
+        f"{prefix}/boxes.csv", csv(boxes, "patientId,x,y,width,height,sx,sy,swidth,sheight")
+    )
+    config = {"dataset": DATASET, "image_size": SIZE, "preset": "ci"}
+    if postprocess is not None:
+        config["postprocess"] = postprocess
+    store.put_json(f"runs/{RUN}/config.json", config)
+    frame = pd.DataFrame(oof, columns=["patientId", "fold", "score", "x", "y", "width", "height"])
+    for fold, rows in frame.groupby("fold"):
+        write_oof(store, fold, rows)
+    return store
+
+
+def csv(rows, header):
+    return header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
+
+
+def write_oof(store, fold, frame):
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    store.put_text(f"runs/{RUN}/fold-{fold}/oof_predictions.csv", buffer.getvalue())
+
+
+def test_tuning_finds_the_threshold_that_separates_good_from_bad_boxes(tmp_path):
+    store = make_run(tmp_path, postprocess={"tune_shrink": False})
+    result = evaluate_run(store, RUN)
+    oof = pd.concat(
+        pd.read_csv(io.BytesIO(store.get_bytes(f"runs/{RUN}/fold-{k}/oof_predictions.csv")))
+        for k in (0, 1)
+    )
+    far_off = oof["x"] == 850
+    assert oof.loc[far_off, "score"].max() < result["threshold"] <= oof.loc[~far_off, "score"].min()
+    assert result["oof_map"] == 1.0 and result["max_boxes"] >= 2 and result["shrink"] == 1.0
+    assert result["images"] == 40 and result["images_scored"] == 20  # negatives: no box left
+    assert result["has_box"] == {
+        "precision": 1.0, "recall": 1.0, "tp": 20, "fp": 0, "fn": 0, "tn": 20,
+    }  # fmt: skip
+    assert [f["fold"] for f in result["per_fold"]] == [0, 1]
+    assert all(f["map"] == 1.0 and f["images"] == 20 for f in result["per_fold"])
+    curve = {point["threshold"]: point["map"] for point in result["curve"]}
+    assert curve[0.05] < 0.5 and curve[0.5] == 1.0
+    # the configured threshold (0.5 by default) was already good; max_boxes 4 as well
+    assert result["map_at_configured_postprocess"] == 1.0
+    assert store.get_json(f"runs/{RUN}/evaluation.json") == result
+
+
+def test_max_boxes_one_costs_the_second_box(tmp_path):
+    store = make_run(tmp_path, postprocess={"tune": False, "tune_shrink": False, "max_boxes": 1})
+    result = evaluate_run(store, RUN)
+    assert result["max_boxes"] == 1 and result["threshold"] == 0.5
+    # images with 2 truths keep 1 box: 1 TP, 1 FN -> 0.5; images with 1 truth stay at 1
+    assert result["oof_map"] == pytest.approx(0.75)
+
+
+def test_shrink_is_tuned_when_boxes_are_too_large(tmp_path):
+    # 1.4 x the truth: shrinking by 0.8 gives IoU 1 / 1.12^2 = 0.797 (a hit everywhere),
+    # by 0.85 only 0.706
+    store = make_run(tmp_path, postprocess={"tune_shrink": True}, grow=1.4)
+    result = evaluate_run(store, RUN)
+    assert result["shrink"] == 0.8 and result["oof_map"] == pytest.approx(1.0)
+    assert result["postprocess"]["shrink"] == 0.8
+    # without shrinking, IoU is 0.51
+    assert result["map_at_configured_postprocess"] < 1.0
+
+
+def test_missing_predictions_is_a_clear_error(tmp_path):
+    store = make_run(tmp_path)
+    store.delete_prefix(f"runs/{RUN}/fold-")
+    with pytest.raises(InputError, match="train at least one fold"):
+        evaluate_run(store, RUN)
+
+
+def test_a_patient_in_two_folds_is_an_error(tmp_path):
+    store = make_run(tmp_path)
+    rows = pd.DataFrame([("p00", 1, 0.5, 1.0, 1.0, 10.0, 10.0)], columns=list(OOF_HEADER))
+    key = f"runs/{RUN}/fold-1/oof_predictions.csv"
+    frame = pd.read_csv(io.BytesIO(store.get_bytes(key)))
+    write_oof(store, 1, pd.concat([frame, rows]))
+    with pytest.raises(InputError, match=r"more than one fold, e\.g\. p00"):
+        evaluate_run(store, RUN)
+
+
+OOF_HEADER = ("patientId", "fold", "score", "x", "y", "width", "height")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("p01,0,0.5,1,1,10,", "score and box fields must be all set or all empty"),
+        ("p01,0,1.5,1,1,10,10", "score outside [0, 1]"),
+        ("p01,0,0.5,one,1,10,10", "x 'one' is not a number"),
+        ("p01,1,0.5,1,1,10,10", "fold is not 0"),
+    ],
+)
+def test_bad_oof_rows_name_the_row(tmp_path, row, message):
+    store = make_run(tmp_path)
+    key = f"runs/{RUN}/fold-0/oof_predictions.csv"
+    text = store.get_text(key)
+    n_rows = text.count("\n") + 1  # header is row 1, the appended row is the last
+    store.put_text(key, text + row + "\n")
+    with pytest.raises(InputError) as error:
+        evaluate_run(store, RUN)
+    assert f"{key} row {n_rows}: {message}" in str(error.value)
+    assert not store.exists(f"runs/{RUN}/evaluation.json")
+
+
+def test_unknown_patient_and_missing_cache(tmp_path):
+    store = make_run(tmp_path)
+    key = f"runs/{RUN}/fold-0/oof_predictions.csv"
+    store.put_text(key, store.get_text(key) + "zz,0,,,,,\n")
+    with pytest.raises(InputError, match=r"not in prepared/toy/256/labels\.csv, e\.g\. zz"):
+        evaluate_run(store, RUN)
+    store.delete(f"prepared/{DATASET}/{SIZE}/boxes.csv")
+    with pytest.raises(InputError, match=r"boxes\.csv is missing"):
+        evaluate_run(store, RUN)
