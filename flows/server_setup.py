@@ -1,0 +1,125 @@
+"""Prepare a Prefect server for pneumo's deployments: credentials, the GPU pool, the GPU limit.
+
+Credentials never enter `prefect.yaml` nor a deployment: they live in Prefect Secret blocks
+(the S3 endpoint and region in Prefect Variables), and the pool's base job template names
+them in the default `env` of every flow run. The worker resolves those references when it
+starts a run, so a deployment only ever holds names. Run where the values are in the
+environment (the compose worker does, at start-up):
+
+    python -m flows.server_setup --pool gpu-docker --type docker
+    python -m flows.server_setup --pool gpu-k8s --type kubernetes \
+        --template deployments/k8s/base-job-template.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flows.deployment_names import GPU_TRAIN_TAG, GPU_WORK_POOL
+
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAGGLE_USERNAME", "KAGGLE_KEY")
+"""Environment variables stored as Secret blocks."""
+SETTING_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+"""Non-secret environment variables stored as Prefect Variables."""
+
+
+def secret_block_name(env_name: str) -> str:
+    """Block names allow lowercase letters, digits and dashes only."""
+    return "pneumo-" + env_name.lower().replace("_", "-")
+
+
+def variable_name(env_name: str) -> str:
+    return "pneumo_" + env_name.lower()
+
+
+def run_env_references() -> dict[str, str]:
+    """The env of every flow run: references that the worker resolves per run."""
+    env = {
+        name: f"{{{{ prefect.blocks.secret.{secret_block_name(name)} }}}}" for name in SECRET_ENV
+    }
+    env |= {name: f"{{{{ prefect.variables.{variable_name(name)} }}}}" for name in SETTING_ENV}
+    return env
+
+
+def with_run_env(template: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a base job template whose `env` variable defaults to `run_env_references()`.
+
+    Deployment `env` job variables are merged over this default by the worker.
+    """
+    variables = template["variables"]["properties"]
+    if "env" not in variables:
+        raise ValueError("the base job template has no `env` variable")
+    result = json.loads(json.dumps(template))
+    env = result["variables"]["properties"]["env"]
+    env["default"] = {**(env.get("default") or {}), **run_env_references()}
+    return result
+
+
+async def pool_template(pool_type: str, template: Path | None) -> dict[str, Any]:
+    """The template file, or the installed worker type's default, with the run env added."""
+    if template is not None:
+        return with_run_env(json.loads(template.read_text()))
+    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+
+    default = await get_default_base_job_template_for_infrastructure_type(pool_type)
+    if not default:
+        raise ValueError(f"no default base job template for pool type {pool_type!r}")
+    return with_run_env(default)
+
+
+async def setup_server(
+    pool: str, pool_type: str, template: Path | None, gpu_limit: int, environ: dict[str, str]
+) -> None:
+    """Idempotent: re-running updates blocks, variables, the pool and the limit in place."""
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.variables import Variable
+
+    for name in SECRET_ENV:
+        await Secret(value=environ.get(name, "")).save(secret_block_name(name), overwrite=True)
+    for name in SETTING_ENV:
+        await Variable.aset(variable_name(name), environ.get(name, ""), overwrite=True)
+    base_job_template = await pool_template(pool_type, template)
+    async with get_client() as client:
+        await client.create_work_pool(
+            WorkPoolCreate(name=pool, type=pool_type, base_job_template=base_job_template),
+            overwrite=True,
+        )
+        await client.create_concurrency_limit(tag=GPU_TRAIN_TAG, concurrency_limit=gpu_limit)
+    missing = [name for name in (*SECRET_ENV, *SETTING_ENV) if not environ.get(name)]
+    print(
+        f"pool {pool!r} ({pool_type}) ready; tag {GPU_TRAIN_TAG!r} limited to {gpu_limit};"
+        f" stored {len(SECRET_ENV)} secrets and {len(SETTING_ENV)} settings"
+        + (f" (empty: {', '.join(missing)})" if missing else "")
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.server_setup", description=__doc__)
+    parser.add_argument("--pool", default=GPU_WORK_POOL, help="work pool name")
+    parser.add_argument(
+        "--type", dest="pool_type", default="docker", help="docker, kubernetes or process"
+    )
+    parser.add_argument("--template", type=Path, help="base job template (JSON) to start from")
+    parser.add_argument(
+        "--gpu-limit",
+        type=int,
+        default=int(os.environ.get("GPU_TRAIN_LIMIT", "1")),
+        help=f"concurrency limit for the {GPU_TRAIN_TAG!r} tag (env GPU_TRAIN_LIMIT)",
+    )
+    args = parser.parse_args(argv)
+    asyncio.run(
+        setup_server(args.pool, args.pool_type, args.template, args.gpu_limit, dict(os.environ))
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
