@@ -1,8 +1,9 @@
 """Sources of the competition archive, copied safely into the store under a manifest.
 
 A source is `kaggle://<competition>`, a local `.zip`, a local folder already unpacked, or an
-`s3://bucket/key.zip`. Archives are untrusted: every member is checked before the first
-write, so a hostile archive leaves the store exactly as it was. `manifest.json` is written
+`s3://bucket/key.zip`. Archives are untrusted: every member's name is checked and its bytes
+read in full before the first write, so a hostile or corrupt archive leaves the store exactly
+as it was. `manifest.json` is written
 last and marks a complete ingest; it is removed before the first object changes, so a reader
 never pairs an old manifest with new bytes.
 """
@@ -285,32 +286,37 @@ def _download_competition(api: Any, competition: str, dest_dir: Path) -> Path:
 def _store_members(
     members: list[_Member], source: str, store: ObjectStore, dataset: str, bar: bool | None
 ) -> IngestResult:
+    """Two passes: every member is read (a corrupt one fails) and compared with the store
+    before the first write, then only the changed ones are read again and written."""
     prefix = f"raw/{dataset}/"
     key_of_manifest = manifest_key(dataset)
     previous = _stored_manifest(store, key_of_manifest)
     entries: list[dict[str, Any]] = []
-    uploaded = 0
-    with (
-        tempfile.TemporaryDirectory(prefix="pneumo-ingest-") as tmp,
-        progress_reporter(f"ingest {dataset}", len(members), bar=bar) as advance,
-    ):
-        for member in members:
-            key = prefix + member.name
-            try:
-                content, size, sha = _read_member(member, Path(tmp) / "member")
-            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-                raise InputError(f"{source}: member {member.name!r} is corrupt ({exc})") from exc
-            if _stored_sha256(store, key) != sha:
-                if previous is not None:
-                    store.delete(key_of_manifest)
-                    previous = None
+    changed: list[tuple[_Member, str]] = []
+    with tempfile.TemporaryDirectory(prefix="pneumo-ingest-") as tmp:
+        spill = Path(tmp) / "member"
+        with progress_reporter(f"check {dataset}", len(members), bar=bar) as advance:
+            for member in members:
+                key = prefix + member.name
+                _, size, sha = _read_checked(member, spill, source)
+                entries.append({"key": key, "size": size, "sha256": sha})
+                if _stored_sha256(store, key) != sha:
+                    changed.append((member, sha))
+                advance(1)
+        if changed and previous is not None:
+            store.delete(key_of_manifest)
+            previous = None
+        with progress_reporter(f"ingest {dataset}", len(changed), bar=bar) as advance:
+            for member, sha in changed:
+                content, _, again = _read_checked(member, spill, source)
+                if again != sha:
+                    raise InputError(f"{source}: member {member.name!r} changed while ingesting")
                 if isinstance(content, bytes):
-                    store.put_bytes(key, content)
+                    store.put_bytes(prefix + member.name, content)
                 else:
-                    store.put_file(key, content)
-                uploaded += 1
-            entries.append({"key": key, "size": size, "sha256": sha})
-            advance(1)
+                    store.put_file(prefix + member.name, content)
+                advance(1)
+    uploaded = len(changed)
     entries.sort(key=lambda e: e["key"])
     manifest = {
         "dataset": dataset,
@@ -331,6 +337,13 @@ def _store_members(
     )
     log.info("ingest %s from %s: %s", dataset, source, result)
     return result
+
+
+def _read_checked(member: _Member, spill: Path, source: str) -> tuple[bytes | Path, int, str]:
+    try:
+        return _read_member(member, spill)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise InputError(f"{source}: member {member.name!r} is corrupt ({exc})") from exc
 
 
 def _read_member(member: _Member, spill: Path) -> tuple[bytes | Path, int, str]:

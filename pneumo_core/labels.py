@@ -9,7 +9,7 @@ so the first data row is row 2 (what an editor or `sed -n 2p` shows).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -35,10 +35,30 @@ class Labels:
 
     patients: pd.DataFrame
     boxes: pd.DataFrame
+    source: str = "<labels>"  # the labels file, for messages
+    box_rows: tuple[int, ...] = ()  # the file row of each box (header = row 1)
 
     def boxes_by_patient(self) -> dict[str, np.ndarray]:
         """Ground truth in the shape the metric wants; every patient present, negatives empty."""
         return group_boxes(self.patients["patientId"], self.boxes)
+
+    def check_inside(self, sizes: pd.DataFrame) -> None:
+        """InputError naming each labels row whose box leaves its own image (`sizes`:
+        patientId, rows, cols); loading only bounds boxes by the nominal image size."""
+        boxes = self.boxes.assign(row=self.box_rows or None)
+        boxes = boxes.merge(sizes[["patientId", "rows", "cols"]], on="patientId", how="inner")
+        outside = boxes[
+            (boxes["x"] + boxes["width"] > boxes["cols"])
+            | (boxes["y"] + boxes["height"] > boxes["rows"])
+        ]
+        _raise(
+            [
+                f"{self.source} row {r['row']}: box x={r['x']:g} y={r['y']:g} "
+                f"w={r['width']:g} h={r['height']:g} is outside the {r['cols']}x{r['rows']} "
+                f"image of patient {r['patientId']}"
+                for r in outside.sort_values("row").to_dict("records")
+            ]
+        )
 
 
 def group_boxes(patient_ids: pd.Series | list[str], boxes: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -88,7 +108,8 @@ def load_targets(labels_csv: Source, image_size: int = 1024) -> Labels:
     patients = per_patient.reset_index()[["patientId", "target"]]
     counts = boxes.groupby("patientId", sort=False).size()
     patients["n_boxes"] = patients["patientId"].map(counts).fillna(0).astype(np.int64)
-    return Labels(patients=patients, boxes=boxes)
+    rows_of_boxes = tuple(int(r) for r in np.flatnonzero(positive) + 2)
+    return Labels(patients=patients, boxes=boxes, source=name, box_rows=rows_of_boxes)
 
 
 def load_labels(labels_csv: Source, class_info_csv: Source, image_size: int = 1024) -> Labels:
@@ -118,7 +139,7 @@ def load_labels(labels_csv: Source, class_info_csv: Source, image_size: int = 10
 
     patients = both[["patientId", "class", "target", "n_boxes"]].reset_index(drop=True)
     patients = patients.astype({"target": np.int64, "n_boxes": np.int64})
-    return Labels(patients=patients, boxes=targets.boxes)
+    return replace(targets, patients=patients)
 
 
 def _load_classes(class_info_csv: Source) -> pd.DataFrame:

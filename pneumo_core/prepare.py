@@ -10,11 +10,11 @@ finds it and does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import multiprocessing
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -133,23 +133,22 @@ def prepare_dataset(
         _table_source(store, manifest, dataset, CLASS_INFO_FILE),
     )
     jobs = _image_jobs(manifest, dataset)
-    with tempfile.TemporaryDirectory(prefix="pneumo-prepare-") as tmp:
+    with contextlib.ExitStack() as staged:  # the arrays appear when the block ends, not before
+        paths = {
+            split: staged.enter_context(store.writing_file(f"{prefix}images-{split}.npy"))
+            for split in SPLITS
+        }
         decode_started = time.perf_counter()
-        arrays, metadata, quarantine = _decode_all(
-            jobs, store, image_size, workers, Path(tmp), progress
-        )
+        metadata, quarantine = _decode_all(jobs, store, image_size, workers, paths, progress)
         decode_seconds = time.perf_counter() - decode_started
         tables = _tables(labels, metadata, image_size, n_folds, seed)
-        train_ids = {j.patient_id for j in jobs if j.split == "train"}
-        labelled = set(labels.patients["patientId"])
-        missing = sorted(labelled - train_ids)
-        unlabelled = sorted(train_ids - labelled)
-
         store.delete(prefix + "summary.json")  # from here on the old cache is not valid
-        for split in SPLITS:
-            store.put_file(f"{prefix}images-{split}.npy", arrays[split])
-        for name, frame in {**tables, "metadata": metadata, "quarantine": quarantine}.items():
-            store.put_text(f"{prefix}{name}.csv", frame.to_csv(index=False))
+    for name, frame in {**tables, "metadata": metadata, "quarantine": quarantine}.items():
+        store.put_text(f"{prefix}{name}.csv", frame.to_csv(index=False))
+    train_ids = {j.patient_id for j in jobs if j.split == "train"}
+    labelled = set(labels.patients["patientId"])
+    missing = sorted(labelled - train_ids)
+    unlabelled = sorted(train_ids - labelled)
 
     counts = metadata["split"].value_counts()
     seconds = time.perf_counter() - started
@@ -255,12 +254,11 @@ def _decode_all(
     store: ObjectStore,
     image_size: int,
     workers: int,
-    tmp: Path,
+    paths: dict[str, Path],
     bar: bool | None,
-) -> tuple[dict[str, Path], pd.DataFrame, pd.DataFrame]:
-    """Fill one .npy per split (rows in job order, unreadable files left out)."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fill one .npy per split in place (rows in job order, unreadable files left out)."""
     planned = {s: sum(j.split == s for j in jobs) for s in SPLITS}
-    paths = {s: tmp / f"images-{s}.npy" for s in SPLITS}
     arrays = {
         s: np.lib.format.open_memmap(
             paths[s], mode="w+", dtype=np.uint8, shape=(planned[s], image_size, image_size)
@@ -285,31 +283,37 @@ def _decode_all(
             advance(1)
     for split in SPLITS:
         arrays[split].flush()
-        if filled[split] < planned[split]:
-            paths[split] = _shrunk(paths[split], arrays[split], filled[split])
         del arrays[split]
+        if filled[split] < planned[split]:
+            _keep_first_rows(paths[split], filled[split])
     for row in quarantine:
         log.warning("quarantined %s: %s", row["key"], row["reason"])
     return (
-        paths,
         pd.DataFrame(metadata, columns=list(METADATA_COLUMNS)),
         pd.DataFrame(quarantine, columns=list(QUARANTINE_COLUMNS)),
     )
 
 
-def _shrunk(path: Path, array: np.ndarray, n: int) -> Path:
-    """The first n rows in a new .npy; only needed when files were quarantined."""
-    out = path.with_name(path.stem + "-final.npy")
-    final = np.lib.format.open_memmap(
-        out, mode="w+", dtype=array.dtype, shape=(n, *array.shape[1:])
-    )
-    for start in range(0, n, 256):
-        stop = min(start + 256, n)
-        final[start:stop] = array[start:stop]
-    final.flush()
-    del final
-    path.unlink()
-    return out
+def _keep_first_rows(path: Path, n: int) -> None:
+    """Cut a .npy to its first n rows in place (quarantined files leave the tail unused):
+    the header is rewritten at its old length and the file truncated, so the gigabytes
+    already written are not copied again."""
+    with open(path, "r+b") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version != (1, 0):
+            raise ValueError(f"{path}: unexpected .npy version {version}")
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(fh)
+        data_start = fh.tell()
+        header = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": fortran_order,
+            "shape": (n, *shape[1:]),
+        }
+        text = repr(header).encode("latin1")
+        header_start = len(np.lib.format.MAGIC_PREFIX) + 2 + 2  # magic, version, uint16 length
+        fh.seek(header_start)
+        fh.write(text.ljust(data_start - header_start - 1) + b"\n")
+        fh.truncate(data_start + n * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
 Outcome = tuple[np.ndarray, dict] | str
@@ -390,6 +394,7 @@ def _tables(
     patients = labels.patients[labels.patients["patientId"].isin(train["patientId"])]
     if patients.empty:
         raise InputError("no train image has a labels row: nothing to prepare for training")
+    labels.check_inside(train)
     boxes = labels.boxes.merge(
         train[["patientId", "rows", "cols"]], on="patientId", how="inner", validate="many_to_one"
     )

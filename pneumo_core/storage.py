@@ -130,6 +130,18 @@ class ObjectStore(ABC):
     @abstractmethod
     def presigned_url(self, key: str, expires_s: int = 7 * 86400) -> str | None: ...
 
+    @contextlib.contextmanager
+    def writing_file(self, key: str) -> Iterator[Path]:
+        """A local path to fill with the object's bytes (a memmap, say); the object appears
+        whole when the block ends, and not at all when it raises. This backend stages it in a
+        temp folder and uploads it; the local one renames it into place without a copy."""
+        check_key(key)
+        with tempfile.TemporaryDirectory(prefix="pneumo-stage-") as folder:
+            path = Path(folder) / key.rpartition("/")[2]
+            path.touch()
+            yield path
+            self.put_file(key, path)
+
     def put_text(self, key: str, text: str) -> None:
         self.put_bytes(key, text.encode("utf-8"))
 
@@ -175,6 +187,11 @@ class LocalStore(ObjectStore):
                 yield tmp
         except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
             raise StorageError(f"cannot write {self.url(key)}: {exc.strerror}") from exc
+
+    @contextlib.contextmanager
+    def writing_file(self, key: str) -> Iterator[Path]:
+        with self._writing(key) as tmp:
+            yield tmp
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._writing(key) as tmp:

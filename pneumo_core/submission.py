@@ -100,8 +100,8 @@ def check_submission(path: str | Path, sample: str | Path | None = None) -> list
     """
     try:
         header, rows = _read(path)
-    except InputError as exc:
-        return [str(exc)]
+    except InputError as exc:  # like every other finding, without the file's name in front
+        return [str(exc).removeprefix(f"{path}: ")]
     problems: list[str] = []
     if header != HEADER:
         problems.append(f"row 1: header must be {','.join(HEADER)}, got {','.join(header)}")

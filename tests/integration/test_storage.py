@@ -189,6 +189,28 @@ def test_failed_write_keeps_the_previous_object(store: ObjectStore, tmp_path: Pa
         assert [p.name for p in (store.root / "models").iterdir()] == ["champion.json"]
 
 
+def test_writing_file_appears_whole_or_not_at_all(store: ObjectStore) -> None:
+    key = "prepared/d/8/images-train.npy"
+    store.put_bytes(key, b"old")
+    with store.writing_file(key) as path:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(3, 8, 8))
+        array[:] = 7
+        array.flush()
+        del array
+        assert store.get_bytes(key) == b"old"  # nobody sees it while it is being filled
+    np.testing.assert_array_equal(np.load(store.local_path(key)), np.full((3, 8, 8), 7))
+    if isinstance(store, LocalStore):  # renamed into place, not copied
+        assert path.parent == store.local_path(key).parent
+
+    with pytest.raises(RuntimeError, match="halfway"), store.writing_file(key) as path:
+        path.write_bytes(b"partial")
+        raise RuntimeError("halfway")
+    assert not path.exists()
+    assert store.list("prepared/") == [key] and np.load(store.local_path(key)).shape == (3, 8, 8)
+    with pytest.raises(InputError), store.writing_file("../outside"):
+        pass
+
+
 def test_failed_download_keeps_the_destination(store: ObjectStore, tmp_path: Path) -> None:
     store.put_bytes("k", b"payload")
     blocked = tmp_path / "dest"
@@ -456,6 +478,15 @@ def _store_at(server: S3Server, endpoint: str, tmp_path: Path) -> S3Store:
     )
 
 
+def _quickly_retrying_store(
+    server: S3Server, port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attempts: int
+) -> S3Store:
+    """A store on a local fake endpoint, configured through the environment like a real one."""
+    monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", str(attempts))
+    monkeypatch.setenv("PNEUMO_S3_BACKOFF_S", "0.01")
+    return _store_at(server, f"http://127.0.0.1:{port}", tmp_path)
+
+
 def test_server_that_comes_up_late_is_retried(
     seaweedfs: S3Server, tmp_path: Path, fast_retries: None
 ) -> None:
@@ -472,10 +503,8 @@ def test_server_that_comes_up_late_is_retried(
 def test_endpoint_that_never_listens_gives_a_transient_error(
     tmp_path: Path, seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "3")
-    monkeypatch.setenv("PNEUMO_S3_BACKOFF_S", "0.05")
     (port,) = free_ports(1)
-    store = _store_at(seaweedfs, f"http://127.0.0.1:{port}", tmp_path)
+    store = _quickly_retrying_store(seaweedfs, port, tmp_path, monkeypatch, attempts=3)
     with pytest.raises(TransientStorageError, match="after 3 attempts") as raised:
         store.get_bytes("k")
     assert f"127.0.0.1:{port}" in str(raised.value)
@@ -513,9 +542,7 @@ def test_connection_resets_are_retried_the_configured_number_of_times(
     tmp_path: Path, seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch, resetting_server
 ) -> None:
     port, accepted = resetting_server
-    monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "4")
-    monkeypatch.setenv("PNEUMO_S3_BACKOFF_S", "0.01")
-    store = _store_at(seaweedfs, f"http://127.0.0.1:{port}", tmp_path)
+    store = _quickly_retrying_store(seaweedfs, port, tmp_path, monkeypatch, attempts=4)
     with pytest.raises(TransientStorageError, match="after 4 attempts"):
         store.put_bytes("k", b"x")
     assert len(accepted) == 4
@@ -555,9 +582,7 @@ def test_throttling_is_retried_then_reported_as_transient(
     tmp_path: Path, seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch, slow_down_server
 ) -> None:
     port, seen = slow_down_server
-    monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "3")
-    monkeypatch.setenv("PNEUMO_S3_BACKOFF_S", "0.01")
-    store = _store_at(seaweedfs, f"http://127.0.0.1:{port}", tmp_path)
+    store = _quickly_retrying_store(seaweedfs, port, tmp_path, monkeypatch, attempts=3)
     with pytest.raises(TransientStorageError, match="SlowDown"):
         store.get_bytes("k")
     assert seen == ["GET"] * 3

@@ -249,15 +249,20 @@ def test_dangling_link_in_a_folder_is_not_skipped_silently(tmp_path: Path) -> No
         ingest(str(folder), LocalStore(tmp_path / "store"))
 
 
-def test_corrupt_member_is_named(tmp_path: Path) -> None:
+def test_corrupt_member_is_named_and_nothing_changes(source_zip: Path, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    ingest(str(source_zip), store)
+    before = snapshot(store)
     archive = tmp_path / "corrupt.zip"
     with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(synthetic.TRAIN_LABELS, b"patientId,x,y,width,height,Target\n")  # changed
         zf.writestr("a.txt", b"A" * 1000, compress_type=zipfile.ZIP_STORED)
     data = bytearray(archive.read_bytes())
     data[data.index(b"A" * 1000) + 10] = ord("B")  # the CRC no longer matches
     archive.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"member 'a\.txt' is corrupt"):
-        ingest(str(archive), LocalStore(tmp_path / "store"))
+        ingest(str(archive), store)
+    assert snapshot(store) == before
 
 
 @pytest.mark.parametrize("kind", ["missing", "not-a-zip"])
@@ -341,6 +346,56 @@ def test_kaggle_without_credentials_names_both_ways(
     assert LocalStore(store_dir).list("") == []
 
 
+def test_kaggle_key_never_reaches_output_logs_or_store(
+    kaggle_home: Path,
+    fake_download: list,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = "kagglekey" + os.urandom(8).hex()
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", key)
+    store_dir = tmp_path / "store"
+    args = ["ingest", "--source", "kaggle://rsna-pneumonia-detection-challenge"]
+    with caplog.at_level(logging.DEBUG):
+        assert main([*args, "--storage", str(store_dir)]) == 0
+    stored = b"".join(snapshot(LocalStore(store_dir)).values())
+    captured = capsys.readouterr()
+    assert key.encode() not in stored and key not in captured.out + captured.err + caplog.text
+
+
+def test_kaggle_refusal_is_clear_and_writes_nothing(
+    kaggle_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Only the HTTP call is replaced: Kaggle answers 401, as it does for a wrong key."""
+    import requests
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    key = "kagglekey" + os.urandom(8).hex()
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", key)
+
+    def refuse(self: KaggleApi, competition: str, **kwargs: object) -> None:
+        response = requests.Response()
+        response.status_code = 401
+        raise requests.HTTPError(
+            f"401 Client Error: Unauthorized for {competition}", response=response
+        )
+
+    monkeypatch.setattr(KaggleApi, "competition_download_files", refuse)
+    store_dir = tmp_path / "store"
+    args = ["ingest", "--source", "kaggle://rsna-pneumonia-detection-challenge"]
+    assert main([*args, "--storage", str(store_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and "accept the rules" in err and key not in err
+    assert LocalStore(store_dir).list("") == []
+
+
 def test_kaggle_json_without_key_is_named(kaggle_home: Path, tmp_path: Path) -> None:
     (kaggle_home / ".kaggle").mkdir()
     (kaggle_home / ".kaggle" / "kaggle.json").write_text('{"username": "me"}')
@@ -355,7 +410,9 @@ def test_log_lines_without_a_terminal(
         ingest(str(source_folder), LocalStore(tmp_path / "store"), progress=False)
     progress_lines = [r.getMessage() for r in caplog.records if r.name == "pneumo_core.progress"]
     assert progress_lines[-1].startswith(f"ingest {DEFAULT_DATASET}: 100%")
-    assert len(progress_lines) <= 10
+    for phase in ("check", "ingest"):  # every member read, then the changed ones written
+        lines = [line for line in progress_lines if line.startswith(f"{phase} {DEFAULT_DATASET}")]
+        assert lines[-1].startswith(f"{phase} {DEFAULT_DATASET}: 100%") and len(lines) <= 10
 
 
 def test_progress_bar_goes_to_stderr(

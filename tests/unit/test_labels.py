@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pneumo_core.errors import InputError
@@ -112,6 +113,15 @@ def test_image_size_bounds_boxes(tmp_path):
     assert len(load_targets(path).boxes) == 1
     with pytest.raises(InputError, match="outside the 256x256 image"):
         load_targets(path, image_size=256)
+
+
+def test_boxes_checked_against_each_images_own_size(tmp_path):
+    labels = load_labels(write(tmp_path, "l.csv", GOOD_LABELS), write(tmp_path, "c.csv", GOOD_INFO))
+    sizes = pd.DataFrame({"patientId": ["a", "b"], "rows": [64, 261], "cols": [64, 149]})
+    with pytest.raises(InputError, match=r"l.csv row 4: box x=100 .* outside the 149x261 image of"):
+        labels.check_inside(sizes)  # row 3's box (10, 20, 30, 40) fits; a has no box
+    sizes.loc[1, "cols"] = 150  # x + width = 150 touches the edge: inside
+    labels.check_inside(sizes)
 
 
 def test_missing_columns(tmp_path):

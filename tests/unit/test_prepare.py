@@ -18,7 +18,7 @@ from pneumo_core.dicom import read_dicom
 from pneumo_core.errors import InputError
 from pneumo_core.kaggle import ingest
 from pneumo_core.prepare import prepare_dataset, prepared_prefix
-from pneumo_core.storage import LocalStore, ObjectStore
+from pneumo_core.storage import TMP_SUFFIX, LocalStore, ObjectStore
 
 ORIGINAL = 128
 SIZE = 64
@@ -173,7 +173,11 @@ def test_unreadable_files_are_quarantined_and_mismatches_reported(
     assert labelled == set(kept["patientId"]) - {"not-in-the-labels"}
 
 
-def test_bad_labels_fail_before_anything_is_written(synth: Path, tmp_path: Path) -> None:
+def prepared_then_reingested_with(
+    synth: Path, tmp_path: Path, field: int, value: str
+) -> tuple[LocalStore, dict[str, bytes], int]:
+    """A prepared store, then the labels' first positive row edited and ingested again: the
+    store, what prepared/ held before, and the edited row's number."""
     store = LocalStore(tmp_path / "store")
     ingest(str(synth), store)
     prepare_dataset(store, image_size=SIZE, n_folds=2, workers=1)
@@ -184,16 +188,32 @@ def test_bad_labels_fail_before_anything_is_written(synth: Path, tmp_path: Path)
     lines = labels.read_text().splitlines()
     positive = next(i for i, line in enumerate(lines) if line.endswith(",1"))
     fields = lines[positive].split(",")
-    fields[3] = "wide"
+    fields[field] = value
     lines[positive] = ",".join(fields)
     labels.write_text("\n".join(lines) + "\n")
     ingest(str(source), store)
-    with pytest.raises(InputError, match=rf"stage_2_train_labels\.csv row {positive + 1}: width"):
+    return store, before, positive + 1
+
+
+def test_bad_labels_fail_before_anything_is_written(synth: Path, tmp_path: Path) -> None:
+    store, before, row = prepared_then_reingested_with(synth, tmp_path, 3, "wide")
+    with pytest.raises(InputError, match=rf"stage_2_train_labels\.csv row {row}: width"):
         prepare_dataset(store, image_size=SIZE, n_folds=2, workers=1)
     assert {k: store.get_bytes(k) for k in store.list("prepared/")} == before
     with pytest.raises(InputError, match="row"):
         prepare_dataset(store, image_size=SIZE * 2, n_folds=2, workers=1)
     assert store.list(prepared_prefix(DEFAULT_DATASET, SIZE * 2)) == []
+
+
+def test_box_outside_its_own_image_names_the_row(synth: Path, tmp_path: Path) -> None:
+    """Inside the nominal 1024 px, but outside the 128 px image it belongs to."""
+    x = str(ORIGINAL - 1)  # the box now runs past the right edge
+    store, before, row = prepared_then_reingested_with(synth, tmp_path, 1, x)
+    message = rf"stage_2_train_labels\.csv row {row}: box x={x} .* outside "
+    with pytest.raises(InputError, match=message + rf"the {ORIGINAL}x{ORIGINAL} image of patient"):
+        prepare_dataset(store, image_size=SIZE, n_folds=2, workers=1)
+    assert {k: store.get_bytes(k) for k in store.list("prepared/")} == before
+    assert [p for p in store.root.rglob("*") if TMP_SUFFIX in p.name] == []  # staged arrays gone
 
 
 def test_nothing_ingested_is_a_clear_error(tmp_path: Path) -> None:

@@ -157,6 +157,9 @@ def test_cli_check_submission(tmp_path, capsys):
     bad = write(tmp_path, "bad.csv", "patientId,PredictionString\na,2 1 1 10 10\n")
     assert main(["check-submission", str(bad), "--sample", str(good)]) == 1
     assert "bad.csv: row 2: box 1: confidence 2 is outside [0, 1]" in capsys.readouterr().err
+    empty = write(tmp_path, "empty.csv", "")
+    assert main(["check-submission", str(empty)]) == 1
+    assert capsys.readouterr().err.startswith(f"{empty}: empty file (expected header")
 
 
 def test_console_commands_in_a_subprocess(tmp_path, rsna_sample):
