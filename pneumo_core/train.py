@@ -1,0 +1,456 @@
+"""One fold's training loop: metrics, checkpoints in the store, resume, out-of-fold predictions.
+
+Everything a fold needs comes from the store (`runs/<id>/config.json` and the prepared
+cache), and everything it produces goes back there, so any worker can train, and re-train
+after a crash, any fold. A restarted fold resumes from `checkpoint-last.pt`; a finished one
+(`done.json`) is never trained again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import random
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torchvision.models.detection import RetinaNet
+
+from pneumo_core import metric
+from pneumo_core.augment import Augmenter
+from pneumo_core.config import RunConfig
+from pneumo_core.data import DetectionDataset, PreparedCache, make_loader
+from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.model import ModelInfo, build_model, detect_batch, losses_and_detections
+from pneumo_core.progress import progress_reporter
+from pneumo_core.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+OnEpoch = Callable[[dict[str, Any]], None]
+# Score thresholds tried for the per-epoch validation mAP (evaluate.py tunes properly on OOF).
+VAL_THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # 0.1 .. 0.9
+OOF_COLUMNS = ["patientId", "fold", "score", "x", "y", "width", "height"]
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def run_key(run_id: str, name: str) -> str:
+    return f"runs/{run_id}/{name}"
+
+
+def fold_key(run_id: str, fold: int, name: str) -> str:
+    return f"runs/{run_id}/fold-{fold}/{name}"
+
+
+def create_run(store: ObjectStore, config: RunConfig, run_id: str | None = None) -> str:
+    """Store the run's configuration; re-creating an existing run with the same one is a no-op."""
+    run_id = run_id or new_run_id()
+    key = run_key(run_id, "config.json")
+    if store.exists(key):
+        if load_run_config(store, run_id) != config:
+            raise InputError(f"run {run_id} already exists with a different configuration")
+        return run_id
+    store.put_json(key, config.to_dict())
+    return run_id
+
+
+def load_run_config(store: ObjectStore, run_id: str) -> RunConfig:
+    try:
+        data = store.get_json(run_key(run_id, "config.json"))
+    except ObjectNotFound:
+        raise InputError(
+            f"run {run_id}: no {run_key(run_id, 'config.json')} in {store.uri}"
+        ) from None
+    return RunConfig.from_dict(data)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_fold(
+    store: ObjectStore, run_id: str, fold: int, on_epoch: OnEpoch | None = None
+) -> dict[str, Any]:
+    """Train (or resume, or skip when done) fold `fold` of run `run_id`; returns done.json."""
+    config = load_run_config(store, run_id)
+    if not 0 <= fold < config.n_folds:
+        raise InputError(f"fold {fold}: run {run_id} has folds 0..{config.n_folds - 1}")
+    done_key = fold_key(run_id, fold, "done.json")
+    if store.exists(done_key):
+        log.info("run %s fold %d is already trained; skipping", run_id, fold)
+        return store.get_json(done_key)
+    return _FoldTrainer(store, run_id, fold, config).run(on_epoch)
+
+
+class _FoldTrainer:
+    def __init__(self, store: ObjectStore, run_id: str, fold: int, config: RunConfig):
+        self.store, self.run_id, self.fold, self.config = store, run_id, fold, config
+        self.device = resolve_device(config.device)
+        self.cuda = self.device.type == "cuda"
+        self.cache = PreparedCache(store, config.dataset, config.image_size)
+        self.train_ids, self.val_ids = self.cache.fold_ids(fold)
+        if not self.train_ids or not self.val_ids:
+            raise InputError(
+                f"fold {fold}: no training or no validation images in the prepared folds"
+            )
+        self.to_original = original_scale(self.cache.metadata, config.image_size)
+
+    def run(self, on_epoch: OnEpoch | None) -> dict[str, Any]:
+        config, started = self.config, time.monotonic()
+        _seed_everything(config.seed + self.fold)
+        resumed = self._load_checkpoint("checkpoint-last.pt")
+        frozen_bn = resumed["model_info"]["frozen_bn"] if resumed else None
+        model, info = build_model(config, load_weights=resumed is None, frozen_bn=frozen_bn)
+        model.to(self.device)
+        if self.cuda and config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        train_loader, val_loader = self._loader("train"), self._loader("val")
+        optimizer = _optimizer(model, config)
+        amp_dtype = _amp_dtype(config, self.device)
+        state = _State(
+            model=model,
+            optimizer=optimizer,
+            schedule=_Schedule(optimizer, config, max(1, len(train_loader))),
+            scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+            info=info,
+        )
+        if resumed:
+            state.restore(resumed)
+            log.info(
+                "run %s fold %d: resuming after epoch %d", self.run_id, self.fold, resumed["epoch"]
+            )
+            self._write_metrics(state.history)  # the kill may have come before the last write
+
+        for epoch in range(len(state.history), config.epochs):
+            train_loader.dataset.set_epoch(epoch)
+            record = {"epoch": epoch, "fold": self.fold, "lr": optimizer.param_groups[0]["lr"]}
+            record |= self._train_epoch(state, train_loader, amp_dtype, epoch)
+            improved = False
+            if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
+                val = self._validate(model, val_loader)
+                record |= val
+                state.schedule.after_validation(val["val_box_loss"])
+                improved = val["val_map"] > state.best_map
+                if improved:
+                    state.best_map, state.best_epoch = val["val_map"], epoch
+            state.history.append(record)
+            if improved:
+                self._save("checkpoint-best.pt", state, epoch)
+            self._save("checkpoint-last.pt", state, epoch)
+            self._write_metrics(state.history)
+            log.info("run %s fold %d epoch %d: %s", self.run_id, self.fold, epoch, _brief(record))
+            if on_epoch:
+                on_epoch(record)
+
+        best = self._load_checkpoint("checkpoint-best.pt") or self._load_checkpoint(
+            "checkpoint-last.pt"
+        )
+        model.load_state_dict(best["model"])
+        oof = self._oof_predictions(model, val_loader)
+        buffer = io.StringIO()
+        oof.to_csv(buffer, index=False)
+        self.store.put_text(
+            fold_key(self.run_id, self.fold, "oof_predictions.csv"), buffer.getvalue()
+        )
+        result = {
+            "run_id": self.run_id,
+            "fold": self.fold,
+            "epochs": len(state.history),
+            "best_epoch": state.best_epoch,
+            "best_val_map": state.best_map,
+            "n_train": len(self.train_ids),
+            "n_val": len(self.val_ids),
+            "device": str(self.device),
+            "model_info": asdict(info),
+            "seconds_last_session": round(time.monotonic() - started, 1),
+        }
+        self.store.put_json(fold_key(self.run_id, self.fold, "done.json"), result)
+        return result
+
+    # --- loops ---------------------------------------------------------------------------------
+
+    def _loader(self, part: str) -> torch.utils.data.DataLoader:
+        training = part == "train"
+        dataset = DetectionDataset(
+            self.cache,
+            self.train_ids if training else self.val_ids,
+            split="train",
+            augmenter=Augmenter(self.config.augment) if training else None,
+            seed=self.config.seed + self.fold,
+        )
+        return make_loader(
+            dataset,
+            batch_size=self.config.batch_size if training else self.config.val_batch_size,
+            shuffle=training,
+            num_workers=self.config.num_workers,
+            pin_memory=self.cuda,
+        )
+
+    def _train_epoch(self, state: _State, loader, amp_dtype, epoch: int) -> dict[str, float]:
+        model, optimizer, scaler = state.model, state.optimizer, state.scaler
+        model.train()
+        sums = {"train_cls_loss": 0.0, "train_box_loss": 0.0}
+        n_images, started = 0, time.monotonic()
+        with progress_reporter(
+            f"fold {self.fold} epoch {epoch + 1}/{self.config.epochs}", len(loader)
+        ) as advance:
+            for images, targets, _ in loader:
+                images, targets = self._to_device(images, targets)
+                with self._autocast(amp_dtype):
+                    losses = model(images, targets)
+                loss = losses["classification"] + losses["bbox_regression"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"fold {self.fold} epoch {epoch}: loss is {loss.item()}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if self.config.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                state.schedule.after_step()
+                sums["train_cls_loss"] += losses["classification"].item() * len(images)
+                sums["train_box_loss"] += losses["bbox_regression"].item() * len(images)
+                n_images += len(images)
+                advance(1)
+        seconds = time.monotonic() - started
+        out = {k: v / max(1, n_images) for k, v in sums.items()}
+        return out | {"train_images_per_s": n_images / max(seconds, 1e-9), "train_seconds": seconds}
+
+    @torch.no_grad()
+    def _validate(self, model: RetinaNet, loader) -> dict[str, Any]:
+        """Full precision: reduced-precision box regression costs whole pixels of IoU."""
+        model.eval()
+        sums = {"val_cls_loss": 0.0, "val_box_loss": 0.0}
+        gt: dict[str, np.ndarray] = {}
+        preds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for images, targets, ids in loader:
+            images, targets = self._to_device(images, targets)
+            losses, detections = losses_and_detections(model, images, targets)
+            sums["val_cls_loss"] += losses["classification"].item() * len(images)
+            sums["val_box_loss"] += losses["bbox_regression"].item() * len(images)
+            for pid, target, det in zip(ids, targets, detections, strict=True):
+                gt[pid] = _xyxy_to_xywh(target["boxes"].float().cpu().numpy())
+                preds[pid] = (
+                    _xyxy_to_xywh(det["boxes"].float().cpu().numpy()),
+                    det["scores"].float().cpu().numpy(),
+                )
+        out: dict[str, Any] = {k: v / len(self.val_ids) for k, v in sums.items()}
+        table = metric.ScoreTable.from_dicts(gt, preds)
+        scores = [np.nan_to_num(table.score(t)[0]) for t in VAL_THRESHOLDS]
+        best = int(np.argmax(scores))
+        return out | {"val_map": float(scores[best]), "val_threshold": VAL_THRESHOLDS[best]}
+
+    @torch.no_grad()
+    def _oof_predictions(self, model: RetinaNet, loader) -> pd.DataFrame:
+        """Every box above the model's floor score, in ORIGINAL pixels, with TTA as predict does."""
+        model.eval()
+        rows: list[tuple] = []
+        for images, _, ids in loader:
+            images = [img.to(self.device, non_blocking=True) for img in images]
+            results = detect_batch([model], images, self.config)
+            for pid, (boxes, scores) in zip(ids, results, strict=True):
+                sx, sy = self.to_original[pid]
+                if len(scores) == 0:
+                    rows.append((pid, self.fold, None, None, None, None, None))
+                for (x, y, w, h), s in zip(boxes, scores, strict=True):
+                    rows.append((pid, self.fold, float(s), x * sx, y * sy, w * sx, h * sy))
+        return pd.DataFrame(rows, columns=OOF_COLUMNS).round(
+            {"score": 5, "x": 1, "y": 1, "width": 1, "height": 1}
+        )
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _to_device(self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]]):
+        images = [img.to(self.device, non_blocking=True) for img in images]
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        return images, targets
+
+    def _autocast(self, amp_dtype: torch.dtype | None):
+        return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    def _save(self, name: str, state: _State, epoch: int) -> None:
+        snapshot = state.snapshot(epoch) | {"config": self.config.to_json()}
+        save_checkpoint(self.store, fold_key(self.run_id, self.fold, name), snapshot)
+
+    def _write_metrics(self, history: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
+        self.store.put_text(fold_key(self.run_id, self.fold, "metrics.jsonl"), lines)
+
+    def _load_checkpoint(self, name: str) -> dict[str, Any] | None:
+        key = fold_key(self.run_id, self.fold, name)
+        return load_checkpoint(self.store, key) if self.store.exists(key) else None
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds, besides the configuration."""
+
+    model: RetinaNet
+    optimizer: torch.optim.Optimizer
+    schedule: _Schedule
+    scaler: torch.amp.GradScaler
+    info: ModelInfo
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_map: float = -1.0
+    best_epoch: int = -1
+
+    def snapshot(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+            "epoch": epoch,
+            "history": [json.dumps(r, sort_keys=True) for r in self.history],
+            "best_map": self.best_map,
+            "best_epoch": self.best_epoch,
+            "model_info": asdict(self.info),
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.schedule.load_state_dict(checkpoint["schedule"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        _set_rng_state(checkpoint["rng"])
+        self.history = [json.loads(line) for line in checkpoint["history"]]
+        self.best_map, self.best_epoch = checkpoint["best_map"], checkpoint["best_epoch"]
+
+
+class _Schedule:
+    """Linear warm-up per step, then cosine per step or ReduceLROnPlateau per validation."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: RunConfig, steps_per_epoch: int):
+        self.config = config
+        self.warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+        self.total_steps = config.epochs * steps_per_epoch
+        self.step_count = 0
+        self.lambda_lr = torch.optim.lr_scheduler.LambdaLR(optimizer, self._factor)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", patience=config.plateau_patience, factor=config.plateau_factor
+        )
+
+    def _factor(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.config.scheduler != "cosine":
+            return warm
+        progress_ = min(1.0, step / max(1, self.total_steps))
+        return warm * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress_)))
+
+    def after_step(self) -> None:
+        self.step_count += 1
+        # With a plateau schedule the warm-up stops stepping once done, so it never undoes a
+        # plateau reduction.
+        if self.config.scheduler == "cosine" or self.step_count <= self.warmup_steps:
+            self.lambda_lr.step()
+
+    def after_validation(self, val_box_loss: float) -> None:
+        if self.config.scheduler == "plateau" and self.step_count >= self.warmup_steps:
+            self.plateau.step(val_box_loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step_count": self.step_count,
+            "lambda_lr": self.lambda_lr.state_dict(),
+            "plateau": self.plateau.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = state["step_count"]
+        self.lambda_lr.load_state_dict(state["lambda_lr"])
+        self.plateau.load_state_dict(state["plateau"])
+
+
+def save_checkpoint(store: ObjectStore, key: str, state: dict[str, Any]) -> None:
+    """Written to a local temp file, then put atomically: a reader never sees half of it."""
+    with tempfile.TemporaryDirectory(prefix="pneumo-ckpt-") as tmp:
+        path = Path(tmp) / "checkpoint.pt"
+        torch.save(state, path)
+        store.put_file(key, path)
+
+
+def load_checkpoint(store: ObjectStore, key: str) -> dict[str, Any]:
+    # weights_only: a checkpoint is data, never code, even if the store was tampered with.
+    return torch.load(store.local_path(key), map_location="cpu", weights_only=True)
+
+
+def _optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+    if not (config.amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": json.dumps(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = json.loads(state["python"])
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def original_scale(metadata: pd.DataFrame, image_size: int) -> dict[str, tuple[float, float]]:
+    """Per patient (x, y) factors from cache pixels back to the original image's pixels."""
+    return {
+        pid: (cols / image_size, rows / image_size)
+        for pid, rows, cols in zip(
+            metadata["patientId"], metadata["rows"], metadata["cols"], strict=True
+        )
+    }
+
+
+def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    out = boxes.astype(np.float64).copy()
+    out[:, 2:] -= out[:, :2]
+    return out
+
+
+def _brief(record: dict[str, Any]) -> str:
+    keys = ("train_cls_loss", "train_box_loss", "val_cls_loss", "val_box_loss", "val_map", "lr")
+    return " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)

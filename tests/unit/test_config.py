@@ -1,0 +1,101 @@
+"""RunConfig: presets, JSON round trip, hashing and command-line overrides."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pneumo_core.augment import AugmentConfig
+from pneumo_core.config import PRESETS, RunConfig, parse_overrides, preset
+from pneumo_core.errors import InputError
+
+
+def test_seed_preset_is_the_design_recipe():
+    cfg = preset("seed")
+    assert (cfg.backbone, cfg.image_size, cfg.n_folds, cfg.seed) == ("resnet50", 512, 4, 42)
+    assert (cfg.batch_size, cfg.val_batch_size) == (6, 4)
+    assert (cfg.optimizer, cfg.lr, cfg.warmup_epochs) == ("adam", 1e-5, 0.0)
+    assert (cfg.scheduler, cfg.plateau_patience, cfg.plateau_factor) == ("plateau", 4, 0.2)
+    assert cfg.conv1_init == "random"
+    assert cfg.augment == AugmentConfig.seed_recipe()
+    assert cfg.augment.rotation_deg == 6 and cfg.augment.shear_deg == 4
+    assert not cfg.tta_hflip and not cfg.postprocess.tune
+
+
+def test_default_and_ci_differ_from_seed_where_it_matters():
+    seed, default, ci = preset("seed"), preset("default"), preset("ci")
+    assert default.optimizer == "adamw" and default.lr > seed.lr and default.warmup_epochs > 0
+    assert default.conv1_init == "sum_rgb" and default.freeze_bn and default.grad_clip
+    assert default.tta_hflip and default.postprocess.tune and default.postprocess.fusion == "wbf"
+    assert ci.backbone == "resnet18" and ci.image_size <= 192 and ci.epochs <= 12
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_round_trip_through_json(name):
+    cfg = preset(name)
+    again = RunConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+    assert again.config_hash() == cfg.config_hash()
+
+
+def test_hash_changes_with_any_field_including_nested():
+    base = preset("ci")
+    assert base.with_overrides({"lr": 0.5}).config_hash() != base.config_hash()
+    assert base.with_overrides({"augment.gamma": 0.1}).config_hash() != base.config_hash()
+
+
+def test_overrides_from_the_command_line_are_typed():
+    items = [
+        "lr=1e-4",
+        "epochs=3",
+        "tta_hflip=false",
+        "weights_path=none",
+        "augment.rotation_deg=0",
+    ]
+    cfg = preset("default", **parse_overrides([*items, "postprocess.fusion=nms", "grad_clip=5"]))
+    assert cfg.lr == 1e-4 and isinstance(cfg.epochs, int) and cfg.epochs == 3
+    assert cfg.tta_hflip is False and cfg.weights_path is None
+    assert cfg.augment.rotation_deg == 0.0 and cfg.augment.shear_deg == 4.0
+    assert cfg.postprocess.fusion == "nms" and cfg.grad_clip == 5.0
+    assert cfg.preset == "default"
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        ("epochs=three", "epochs"),
+        ("optimizer=sgd", "optimizer"),
+        ("no_such_field=1", "no_such_field"),
+        ("augment.no_such=1", "augment.no_such"),
+        ("epochs=0", "epochs"),
+        ("backbone=resnet101", "backbone"),
+        ("augment.hflip_p=2", "hflip_p"),
+    ],
+)
+def test_bad_overrides_name_the_field(item, fragment):
+    with pytest.raises(InputError, match=fragment):
+        preset("ci", **parse_overrides([item]))
+
+
+def test_malformed_override_and_unknown_preset():
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        parse_overrides(["lr"])
+    with pytest.raises(InputError, match="unknown preset"):
+        preset("best")
+
+
+def test_from_dict_rejects_unknown_fields():
+    data = preset("ci").to_dict()
+    data["learning_rate"] = 1.0
+    with pytest.raises(InputError, match="learning_rate"):
+        RunConfig.from_dict(data)
+    data = preset("ci").to_dict()
+    data["postprocess"]["threshold"] = 0.3
+    with pytest.raises(InputError, match=r"postprocess\.threshold"):
+        RunConfig.from_dict(data)
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        preset("ci").lr = 1.0  # type: ignore[misc]
