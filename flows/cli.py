@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pneumo_core.errors import PneumoError
 
@@ -19,9 +20,318 @@ Handler = Callable[[argparse.Namespace], int]
 # Each command is `def cmd_<name>(args) -> int` plus an `add_<name>(sub)` that registers it.
 
 
+def cmd_train_fold(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from pneumo_core import train
+    from pneumo_core.config import parse_overrides, preset
+    from pneumo_core.storage import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    store = open_store(args.storage)
+    if args.preset or args.set:
+        config = preset(args.preset or "default", **parse_overrides(args.set))
+        train.create_run(store, config, args.run)
+    result = train.train_fold(store, args.run, args.fold)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def add_train_fold(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-fold", help="train (or resume) one fold of a run")
+    p.add_argument("--run", required=True, help="run id (runs/<id>/config.json in the store)")
+    p.add_argument("--fold", required=True, type=int)
+    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--preset", help="create the run from this preset when it does not exist")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for a new run, e.g. --set epochs=3 --set augment.rotation_deg=0",
+    )
+    p.set_defaults(handler=cmd_train_fold)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import logging
+
+    from pneumo_core.predict import predict_images
+    from pneumo_core.storage import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = predict_images(open_store(args.storage), args.run, args.images, args.out, args.overlays)
+    print(out)
+    return 0
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict DICOMs with a trained run -> submission CSV")
+    p.add_argument("--run", required=True, help="run id")
+    p.add_argument("--images", required=True, help="folder, one .dcm, or s3://bucket/prefix")
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--overlays", type=Path, help="also write PNGs with the boxes to this folder")
+    p.set_defaults(handler=cmd_predict)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import logging
+
+    from pneumo_core.kaggle import ingest
+    from pneumo_core.storage import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    store = open_store(args.storage)
+    result = ingest(args.source, store, args.dataset)
+    print(
+        f"ingested {result.members} files ({result.bytes / 1e6:.1f} MB) into "
+        f"raw/{result.dataset}/ of {store.uri}: {result.uploaded} uploaded, "
+        f"{result.skipped} already there and intact; manifest digest {result.digest[:12]}"
+    )
+    return 0
+
+
+def add_ingest(sub: argparse._SubParsersAction) -> None:
+    from pneumo_core import DEFAULT_DATASET
+
+    p = sub.add_parser("ingest", help="copy the competition archive into the store, verified")
+    p.add_argument(
+        "--source",
+        required=True,
+        help="kaggle://rsna-pneumonia-detection-challenge, a .zip, a folder, or s3://bucket/key.zip",
+    )
+    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help="name under raw/ in the store")
+    p.set_defaults(handler=cmd_ingest)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import logging
+
+    from pneumo_core.prepare import prepare_dataset
+    from pneumo_core.storage import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    store = open_store(args.storage)
+    r = prepare_dataset(store, args.dataset, args.image_size, args.folds, workers=args.workers)
+    where = store.url(r.prefix.rstrip("/"))
+    if r.reused:
+        print(f"{where}: already prepared from the same manifest, size and folds; nothing to do")
+    print(
+        f"{where}: {r.n_train} train + {r.n_test} test images at {args.image_size}px, "
+        f"{r.n_quarantined} quarantined (quarantine.csv), {r.missing_images} labelled patients "
+        f"without an image, {r.unlabelled_images} train images without a labels row (ids in "
+        f"summary.json); {r.images_per_second:.0f} images/s"
+    )
+    return 0
+
+
+def add_prepare(sub: argparse._SubParsersAction) -> None:
+    from pneumo_core import DEFAULT_DATASET
+
+    p = sub.add_parser("prepare", help="decode, resize and cache the images; labels and folds")
+    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--image-size", type=int, default=512, help="cache size in px (square)")
+    p.add_argument("--folds", type=int, default=4, help="number of stratified folds")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help="name under raw/ in the store")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.set_defaults(handler=cmd_prepare)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from pneumo_core.submission import score_submission
+
+    result = score_submission(args.labels, args.submission)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        value = "n/a (no image scored)" if result["map"] is None else f"{result['map']:.4f}"
+        print(
+            f"mAP {value} over {result['images_scored']} scored images "
+            f"({result['images_in_submission']} in the submission; "
+            f"{result['labelled_images_not_in_submission']} labelled images not in it, not scored)"
+        )
+    return 0
+
+
+def add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="competition mAP of a submission against a train labels file",
+        description="Scores the submission's patients only (labelled patients it leaves out "
+        "are not scored); a submission patient without a labels row is an error.",
+    )
+    p.add_argument(
+        "--labels", required=True, help="stage_2_train_labels.csv (class info not needed)"
+    )
+    p.add_argument("--submission", required=True, help="patientId,PredictionString CSV")
+    p.add_argument("--json", action="store_true", help='one JSON object: {"map": ..., ...}')
+    p.set_defaults(handler=cmd_score)
+
+
+def cmd_check_submission(args: argparse.Namespace) -> int:
+    from pneumo_core.submission import check_submission
+
+    problems = check_submission(args.submission, args.sample)
+    for problem in problems[:50]:
+        print(f"{args.submission}: {problem}", file=sys.stderr)
+    if len(problems) > 50:
+        print(f"{args.submission}: ... and {len(problems) - 50} more", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{args.submission}: valid submission")
+    return 0
+
+
+def add_check_submission(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-submission",
+        help="validate a Kaggle submission CSV (exit 0 valid, 1 invalid)",
+    )
+    p.add_argument("submission", help="patientId,PredictionString CSV")
+    p.add_argument("--sample", help="sample submission: its patientIds must appear exactly once")
+    p.set_defaults(handler=cmd_check_submission)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pneumo_core import synthetic
+
+    target = synthetic.generate(
+        args.out, args.n_train, args.n_test, args.image_size, args.seed, args.difficulty, args.zip
+    )
+    backgrounds = args.difficulty == "hard" and synthetic.real_backgrounds_dir()
+    print(
+        f"{target}: {args.n_train} train + {args.n_test} test images at {args.image_size}px, "
+        f"{args.difficulty}, seed {args.seed}"
+        + (f", real backgrounds from {backgrounds}" if backgrounds else "")
+    )
+    return 0
+
+
+def add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="generate a Kaggle-shaped synthetic dataset")
+    p.add_argument("--out", required=True, help="folder to write into (archive names must be free)")
+    p.add_argument("--n-train", type=int, default=200, help="train images (with labels)")
+    p.add_argument("--n-test", type=int, default=50, help="test images (sample submission)")
+    p.add_argument("--image-size", type=int, default=1024, help="square size in px")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same dataset")
+    p.add_argument("--difficulty", choices=("easy", "hard"), default="easy")
+    p.add_argument(
+        "--zip", action="store_true", help="write rsna-pneumonia-detection-challenge.zip"
+    )
+    p.set_defaults(handler=cmd_synth)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pneumo_core.config import parse_overrides
+
+    overrides: dict[str, object] = dict(parse_overrides(args.set))
+    if args.folds is not None:
+        overrides["n_folds"] = args.folds
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    summary = _run_pipeline(
+        source=args.source,
+        storage=args.storage,
+        preset=args.preset,
+        overrides=overrides,
+        folds=args.train_fold or None,
+        fold_runner=args.fold_runner,
+        run_id=args.run_id,
+        max_parallel_folds=args.max_parallel_folds,
+        promotion_margin=args.promotion_margin,
+    )
+    _print_outputs(summary)
+    return 0
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the whole pipeline as a Prefect flow: ingest to submission")
+    p.add_argument("--source", required=True, help="kaggle://..., a .zip, a folder or s3://key.zip")
+    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--preset", default="default", help="seed, default or ci")
+    p.add_argument("--folds", type=int, help="number of folds (config n_folds)")
+    p.add_argument("--epochs", type=int, help="epochs per fold (config epochs)")
+    p.add_argument("--run-id", help="resume this run (or name a new one); default: a new run")
+    p.add_argument("--fold-runner", choices=("local", "deployment"), default="local")
+    p.add_argument(
+        "--train-fold", type=int, action="append", metavar="K",
+        help="train only this fold (repeatable); default: every fold",
+    )  # fmt: skip
+    p.add_argument("--max-parallel-folds", type=int, help="local runner: folds at once")
+    p.add_argument(
+        "--promotion-margin", type=float, default=0.0,
+        help="OOF mAP a run must beat the champion by to replace it",
+    )  # fmt: skip
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="config override, e.g. --set lr=1e-4 --set augment.rotation_deg=0",
+    )  # fmt: skip
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pneumo_core import synthetic
+
+    out = args.out.resolve()
+    data = out / "data"
+    if not (data / "stage_2_train_labels.csv").exists():
+        print(f"generating a small Kaggle-shaped dataset in {data}")
+        synthetic.generate(data, n_train=DEMO_TRAIN, n_test=DEMO_TEST, image_size=DEMO_PIXELS)
+    summary = _run_pipeline(
+        source=str(data), storage=(out / "store").as_uri(), preset="ci", overrides={}
+    )
+    _print_outputs(summary)
+    return 0
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="synthesise a small dataset and run the whole pipeline on it")
+    p.add_argument("--out", type=Path, default=Path("pneumo-demo"), help="data, store and outputs")
+    p.set_defaults(handler=cmd_demo)
+
+
+DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS = 64, 16, 256
+
+
+def _run_pipeline(**parameters: object) -> dict:
+    """The pipeline flow on Prefect's ephemeral API, or the server PREFECT_API_URL names."""
+    import os
+
+    # the ephemeral server's telemetry only adds "database is locked" noise on SQLite
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.pipeline import pipeline
+
+    return pipeline(**parameters)
+
+
+def _print_outputs(summary: dict) -> None:
+    oof_map = "n/a (no image scored)" if summary["oof_map"] is None else f"{summary['oof_map']:.4f}"
+    print(f"run {summary['run_id']}: OOF mAP {oof_map} at score threshold {summary['threshold']}")
+    print(f"promotion: {summary['promotion']}")
+    print(f"submission: {summary['submission']}")
+    print(f"report:     {summary['report']}")
+    for plot in summary["plots"]:
+        print(f"plot:       {plot}")
+
+
 # --- parser ----------------------------------------------------------------------------------
 
-ADDERS: list[Callable[[argparse._SubParsersAction], None]] = []
+ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_synth,
+    add_train_fold,
+    add_predict,
+    add_ingest,
+    add_prepare,
+    add_score,
+    add_check_submission,
+    add_run,
+    add_demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,192 @@
+"""The `pipeline` flow: ingest → prepare → train every fold → evaluate → predict the test
+images → submission → promotion decision → report.
+
+Folds train either here, as concurrent `train-fold` subflow runs (the local runner), or on
+GPU workers, one `train-fold` deployment run per fold (the deployment runner). Either way a
+re-run of the same run id skips what is done: cached ingest and prepare, finished folds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.deployment_names import PIPELINE_FLOW, TRAIN_FOLD_DEPLOYMENT
+from flows.train_fold import train_fold_flow
+from pneumo_core import champion, config, kaggle
+from pneumo_core.errors import InputError
+from pneumo_core.storage import ObjectStore, open_store
+from pneumo_core.train import load_run_config, run_key
+from tasks.data import ingest, prepare_dataset, source_fingerprint
+from tasks.evaluation import evaluate_run, promote, write_report
+from tasks.policy import result_storage
+from tasks.prediction import predict_test_images
+from tasks.training import create_run, train_fold_on_worker
+
+FoldRunner = Literal["local", "deployment"]
+
+
+_POOL_THREAD = threading.local()
+_GPU_ORDER = itertools.count()
+
+
+@task(name="train-fold-here", task_run_name="train-fold-{fold}-here")
+def train_fold_here(storage: str, run_id: str, fold: int, gpus: int) -> dict:
+    """One fold as a `train-fold` subflow run in this process (retries live in its task).
+
+    With several GPUs each thread of the fold pool keeps one GPU for its life (the pool has
+    one thread per GPU), made current for the fold: "cuda" then means that GPU.
+    """
+    if gpus < 2:
+        return train_fold_flow(run_id=run_id, fold=fold, storage=storage)
+    import torch
+
+    if not hasattr(_POOL_THREAD, "gpu"):
+        _POOL_THREAD.gpu = next(_GPU_ORDER) % gpus
+    get_run_logger().info("fold %d on cuda:%d", fold, _POOL_THREAD.gpu)
+    with torch.cuda.device(_POOL_THREAD.gpu):
+        return train_fold_flow(run_id=run_id, fold=fold, storage=storage)
+
+
+@flow(name=PIPELINE_FLOW, log_prints=True)
+def pipeline(
+    source: str,
+    storage: str,
+    preset: str = "default",
+    overrides: dict[str, Any] | None = None,
+    folds: list[int] | None = None,
+    fold_runner: FoldRunner = "local",
+    run_id: str | None = None,
+    max_parallel_folds: int | None = None,
+    promotion_margin: float = champion.DEFAULT_MARGIN,
+    fold_deployment: str = TRAIN_FOLD_DEPLOYMENT,
+) -> dict[str, Any]:
+    """Train and evaluate one run end to end; returns where its outputs are.
+
+    `run_id` names an existing run to resume (its stored configuration wins) or a new one;
+    `folds` limits training to some folds (None: all); `max_parallel_folds` caps the local
+    runner (None: one per GPU, else the configuration's value, 1 on CPU).
+    """
+    logger = get_run_logger()
+    store = open_store(storage)
+    run_config = _resolve_config(store, preset, overrides or {}, run_id)
+    chosen = _check_folds(folds, run_config.n_folds)  # bad input fails before any work
+    if fold_runner not in ("local", "deployment"):
+        raise InputError(f"fold_runner {fold_runner!r}: choose local or deployment")
+    dataset = run_config.dataset
+    uri = store.uri
+    storage_block = result_storage(uri)
+    cached = {"result_storage": storage_block} if storage_block is not None else {}
+
+    ingested = _run_cached(
+        ingest.with_options(**cached),
+        store,
+        kaggle.manifest_key(dataset),
+        source=source,
+        storage=uri,
+        dataset=dataset,
+        fingerprint=source_fingerprint(source),
+    )
+    _run_cached(
+        prepare_dataset.with_options(**cached),
+        store,
+        f"prepared/{dataset}/{run_config.image_size}/summary.json",
+        storage=uri,
+        dataset=dataset,
+        digest=ingested["digest"],
+        image_size=run_config.image_size,
+        n_folds=run_config.n_folds,
+        seed=run_config.seed,
+    )
+    run_id = create_run(uri, run_config.to_dict(), run_id)
+    if fold_runner == "deployment":
+        _train_on_workers(fold_deployment, uri, run_id, chosen)
+    else:
+        gpus = _gpu_count(run_config)
+        parallel = max_parallel_folds or (gpus if gpus > 1 else run_config.max_parallel_folds)
+        _train_here(uri, run_id, chosen, parallel, gpus if parallel > 1 else 0)
+
+    evaluation = evaluate_run(uri, run_id)
+    submission = predict_test_images(uri, run_id)
+    trained = [
+        f for f in range(run_config.n_folds) if store.exists(run_key(run_id, f"fold-{f}/done.json"))
+    ]
+    decision = None
+    if len(trained) == run_config.n_folds:
+        decision = promote(uri, run_id, evaluation["oof_map"], promotion_margin)
+    else:
+        logger.info("no promotion decision: folds %s of %d trained", trained, run_config.n_folds)
+    outputs = write_report(uri, run_id, evaluation, trained, decision)
+    summary = {
+        "run_id": run_id,
+        "oof_map": evaluation["oof_map"],
+        "threshold": evaluation["threshold"],
+        "submission": submission,
+        "promoted": bool(decision and decision.promoted),
+        "promotion": decision.reason if decision else "not decided: not every fold trained",
+        **outputs,
+    }
+    logger.info("run %s finished: %s", run_id, summary)
+    return summary
+
+
+def _resolve_config(
+    store: ObjectStore, preset: str, overrides: dict[str, Any], run_id: str | None
+) -> config.RunConfig:
+    """A resumed run keeps its stored configuration; a new one is preset + overrides."""
+    if run_id and store.exists(run_key(run_id, "config.json")):
+        get_run_logger().info("resuming run %s with its stored configuration", run_id)
+        return load_run_config(store, run_id)
+    return config.preset(preset, **overrides)
+
+
+def _run_cached(step: Any, store: ObjectStore, marker: str, **parameters: Any) -> dict:
+    """Run a cached step; when a cache hit's output is gone from the store, run it again."""
+    result = step(**parameters)
+    if not store.exists(marker):
+        get_run_logger().warning("%s is missing despite a cached result; redoing", marker)
+        result = step.with_options(refresh_cache=True)(**parameters)
+    return result
+
+
+def _check_folds(folds: Sequence[int] | None, n_folds: int) -> list[int]:
+    chosen = list(range(n_folds)) if folds is None else sorted(set(folds))
+    wrong = [f for f in chosen if not 0 <= f < n_folds]
+    if wrong or not chosen:
+        raise InputError(f"folds {list(folds or [])}: choose among 0..{n_folds - 1}")
+    return chosen
+
+
+def _gpu_count(run_config: config.RunConfig) -> int:
+    """GPUs the local runner spreads folds over: all visible ones when the device is open."""
+    import torch
+
+    return torch.cuda.device_count() if run_config.device in ("auto", "cuda") else 0
+
+
+def _train_here(storage: str, run_id: str, folds: list[int], parallel: int, gpus: int) -> None:
+    """Folds as subflow runs, at most `parallel` at once; the first failure fails the run."""
+    with ThreadPoolTaskRunner(max_workers=parallel) as runner:
+        futures = [
+            runner.submit(
+                train_fold_here, {"storage": storage, "run_id": run_id, "fold": f, "gpus": gpus}
+            )
+            for f in folds
+        ]
+        wait(futures)
+        for future in futures:
+            future.result()
+
+
+def _train_on_workers(deployment: str, storage: str, run_id: str, folds: list[int]) -> None:
+    """One `train-fold` deployment run per fold, all at once; waits for every one."""
+    futures = train_fold_on_worker.map(unmapped(deployment), storage, run_id, folds)
+    wait(futures)  # let every fold finish before the first failure ends the pipeline
+    for future in futures:
+        future.result()

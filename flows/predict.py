@@ -1,0 +1,21 @@
+"""The `predict` flow: a submission from a trained run (the champion by default) on demand."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.deployment_names import PREDICT_FLOW
+from pneumo_core.champion import champion_run_id
+from pneumo_core.storage import open_store
+from tasks.prediction import predict_images
+
+
+@flow(name=PREDICT_FLOW, log_prints=True)
+def predict_flow(
+    storage: str, images: str, run_id: str | None = None, out: str = "submission.csv"
+) -> str:
+    """Predict `images` (a folder or store URI of DICOMs) with `run_id`, else the champion."""
+    if run_id is None:
+        run_id = champion_run_id(open_store(storage))
+        get_run_logger().info("predicting with the champion, run %s", run_id)
+    return predict_images(storage, run_id, images, out)

@@ -1,0 +1,114 @@
+"""Which run is the best so far, and whether a new run takes its place.
+
+Kept pure (a store and plain values in, a decision out) so that the promotion rule is tested
+without any orchestration, and so that `predict` can find the champion from anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.storage import ObjectStore
+
+CHAMPION_KEY = "models/champion.json"
+DEFAULT_MARGIN = 0.0
+
+
+@dataclass(frozen=True)
+class Champion:
+    run_id: str
+    oof_map: float
+    config_hash: str
+    created: str  # ISO 8601, UTC
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = CHAMPION_KEY) -> Champion:
+        try:
+            champion = cls(
+                run_id=str(data["run_id"]),
+                oof_map=float(data["oof_map"]),
+                config_hash=str(data["config_hash"]),
+                created=str(data["created"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{source}: not a champion record ({exc!r})") from exc
+        if not champion.run_id or not math.isfinite(champion.oof_map):
+            raise InputError(f"{source}: run_id must be set and oof_map finite")
+        return champion
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of comparing a finished run with the champion, with the reason in words."""
+
+    promoted: bool
+    reason: str
+    candidate: Champion
+    previous: Champion | None
+
+    @property
+    def champion(self) -> Champion | None:
+        return self.candidate if self.promoted else self.previous
+
+
+def candidate(run_id: str, oof_map: float, config_hash: str) -> Champion:
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    return Champion(run_id=run_id, oof_map=float(oof_map), config_hash=config_hash, created=created)
+
+
+def read_champion(store: ObjectStore) -> Champion | None:
+    try:
+        data = store.get_json(CHAMPION_KEY)
+    except ObjectNotFound:
+        return None
+    return Champion.from_dict(data, source=store.url(CHAMPION_KEY))
+
+
+def decide(new: Champion, current: Champion | None, margin: float = DEFAULT_MARGIN) -> Decision:
+    """Promote only a clear improvement: oof_map must beat the champion's by more than margin."""
+    if margin < 0 or not math.isfinite(margin):
+        raise InputError(f"promotion margin must be a finite number >= 0, got {margin}")
+    if not math.isfinite(new.oof_map):
+        return Decision(False, f"run {new.run_id} has no finite OOF mAP", new, current)
+    if current is None:
+        reason = f"no champion yet: run {new.run_id} (OOF mAP {new.oof_map:.4f}) becomes champion"
+        return Decision(True, reason, new, None)
+    if current.run_id == new.run_id:
+        reason = f"run {new.run_id} is already the champion (OOF mAP {current.oof_map:.4f})"
+        return Decision(False, reason, new, current)
+    needed = current.oof_map + margin
+    if new.oof_map > needed:
+        reason = (
+            f"OOF mAP {new.oof_map:.4f} beats champion {current.run_id} ({current.oof_map:.4f}) "
+            f"by more than the margin {margin:.4f}: promoted"
+        )
+        return Decision(True, reason, new, current)
+    reason = (
+        f"OOF mAP {new.oof_map:.4f} does not beat champion {current.run_id} "
+        f"({current.oof_map:.4f}) + margin {margin:.4f} = {needed:.4f}: kept, not promoted"
+    )
+    return Decision(False, reason, new, current)
+
+
+def promote_if_better(
+    store: ObjectStore, new: Champion, margin: float = DEFAULT_MARGIN
+) -> Decision:
+    """Decide against the stored champion and record the new one when promoted."""
+    decision = decide(new, read_champion(store), margin)
+    if decision.promoted:
+        store.put_json(CHAMPION_KEY, new.to_dict())
+    return decision
+
+
+def champion_run_id(store: ObjectStore) -> str:
+    """The run to predict with when none is named; a clear error when nothing was promoted."""
+    current = read_champion(store)
+    if current is None:
+        raise InputError(f"no champion at {store.url(CHAMPION_KEY)}: train a run or pass a run id")
+    return current.run_id

@@ -1,0 +1,96 @@
+"""Evaluation, promotion and the run's report as Prefect tasks, with the UI artifacts.
+
+The report and plots are written to the store by pneumo_core.report; these tasks add what
+only Prefect can show: the fold table, the report and links to every output in the UI.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_image_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+
+from pneumo_core import champion, evaluate, report
+from pneumo_core.storage import ObjectStore, open_store
+from pneumo_core.train import load_run_config
+from tasks.policy import RETRY_OPTIONS
+
+
+@task(name="evaluate", task_run_name="evaluate", **RETRY_OPTIONS)
+def evaluate_run(storage: str, run_id: str) -> dict:
+    """Out-of-fold mAP with post-processing tuned for the metric (evaluation.json)."""
+    result = evaluate.evaluate_run(open_store(storage), run_id)
+    get_run_logger().info(
+        "run %s: OOF mAP %s at score threshold %s", run_id, result["oof_map"], result["threshold"]
+    )
+    return result
+
+
+@task(name="promote", task_run_name="promote", **RETRY_OPTIONS)
+def promote(storage: str, run_id: str, oof_map: float | None, margin: float) -> champion.Decision:
+    """Make the run the champion when it beats the current one by more than `margin`;
+    a run without a score (no image scored: None) is never promoted."""
+    oof_map = math.nan if oof_map is None else oof_map
+    store = open_store(storage)
+    config_hash = load_run_config(store, run_id).config_hash()
+    decision = champion.promote_if_better(
+        store, champion.candidate(run_id, oof_map, config_hash), margin
+    )
+    get_run_logger().info("promotion: %s", decision.reason)
+    return decision
+
+
+@task(name="report", task_run_name="report", **RETRY_OPTIONS)
+def write_report(
+    storage: str,
+    run_id: str,
+    evaluation: dict,
+    folds: Sequence[int],
+    decision: champion.Decision | None,
+) -> dict:
+    """report.md + plots in the store; fold table, report and links as Prefect artifacts."""
+    store = open_store(storage)
+    built = report.write_report(
+        store, run_id, evaluation, folds, decision, plot_link=lambda key: _link(store, key)
+    )
+    columns = dict.fromkeys(built.fold_rows[0] if built.fold_rows else ("fold", "oof_map"))
+    overall = columns | {
+        "fold": f"all (out of fold, score threshold {evaluation.get('threshold')})",
+        "oof_map": evaluation.get("oof_map"),
+    }
+    create_table_artifact(
+        [*built.fold_rows, overall],
+        key="fold-metrics",
+        description=f"run {run_id}: per-fold metrics and the out-of-fold mAP",
+    )
+    create_markdown_artifact(built.linked_markdown, key="run-report", description=f"run {run_id}")
+    for key in built.plot_keys:
+        url = store.presigned_url(key)
+        if url is not None:  # only an http(s) image renders in the UI
+            create_image_artifact(url, description=key)
+    links = {"report": built.key, **_outputs(store, run_id, folds)}
+    for name, key in links.items():
+        create_link_artifact(
+            _link(store, key), link_text=store.url(key), key=name, description=f"run {run_id}"
+        )
+    return {"report": store.url(built.key), "plots": [store.url(k) for k in built.plot_keys]}
+
+
+def _outputs(store: ObjectStore, run_id: str, folds: Sequence[int]) -> dict[str, str]:
+    """Artifact key -> store key of the run's submission and best checkpoints that exist."""
+    candidates = {"submission": f"runs/{run_id}/submission.csv"}
+    for fold in folds:
+        candidates[f"checkpoint-fold-{fold}"] = f"runs/{run_id}/fold-{fold}/checkpoint-best.pt"
+    return {name: key for name, key in candidates.items() if store.exists(key)}
+
+
+def _link(store: ObjectStore, key: str) -> str:
+    """An http(s) link where the store can sign one, the store URL otherwise."""
+    return store.presigned_url(key) or store.url(key)

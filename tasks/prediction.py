@@ -1,0 +1,72 @@
+"""Prediction as Prefect tasks: a checked Kaggle submission from a run's fold models."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact
+
+from pneumo_core import predict, submission
+from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.storage import LocalStore, ObjectStore, open_store
+from pneumo_core.train import load_run_config, run_key
+from tasks.policy import RETRY_OPTIONS
+
+PREDICT_TIMEOUT = 6 * 3600.0
+
+
+@task(
+    name="predict-test-images",
+    task_run_name="predict-test-images",
+    timeout_seconds=PREDICT_TIMEOUT,
+    **RETRY_OPTIONS,
+)
+def predict_test_images(storage: str, run_id: str) -> str:
+    """runs/<id>/submission.csv for the competition's test images, checked before storing."""
+    store = open_store(storage)
+    dataset = load_run_config(store, run_id).dataset
+    prefix = f"raw/{dataset}/stage_2_test_images"
+    # predict reads a local folder or an s3:// prefix
+    images = str(store.root / prefix) if isinstance(store, LocalStore) else store.url(prefix)
+    with tempfile.TemporaryDirectory(prefix="pneumo-predict-") as tmp:
+        out = predict.predict_images(store, run_id, images, Path(tmp) / "submission.csv")
+        sample = _sample_submission(store, dataset, Path(tmp))
+        problems = submission.check_submission(out, sample=sample)
+        if problems:
+            raise InputError(f"run {run_id}: submission is invalid: {'; '.join(problems[:5])}")
+        key = run_key(run_id, "submission.csv")
+        store.put_file(key, out)
+    get_run_logger().info("submission for run %s: %s", run_id, store.url(key))
+    return store.url(key)
+
+
+@task(
+    name="predict-images",
+    task_run_name="predict-images",
+    timeout_seconds=PREDICT_TIMEOUT,
+    **RETRY_OPTIONS,
+)
+def predict_images(storage: str, run_id: str, images: str, out: str) -> str:
+    """A submission for any folder or store prefix of DICOMs, written to `out`."""
+    written = predict.predict_images(open_store(storage), run_id, images, out)
+    problems = submission.check_submission(written)
+    if problems:
+        raise InputError(f"{written}: submission is invalid: {'; '.join(problems[:5])}")
+    create_link_artifact(
+        Path(written).resolve().as_uri(), link_text=str(written), key="prediction",
+        description=f"predictions of run {run_id} for {images}",
+    )  # fmt: skip
+    get_run_logger().info("predictions of run %s for %s: %s", run_id, images, written)
+    return str(written)
+
+
+def _sample_submission(store: ObjectStore, dataset: str, folder: Path) -> Path | None:
+    """The archive's sample submission, when ingested, to check every test id is present."""
+    path = folder / "sample.csv"
+    try:
+        store.get_file(f"raw/{dataset}/stage_2_sample_submission.csv", path)
+    except ObjectNotFound:
+        return None
+    return path

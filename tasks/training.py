@@ -1,0 +1,99 @@
+"""Training as Prefect tasks: one run's configuration, one fold's training, and one fold
+handed to a GPU worker through its deployment.
+
+Training is resumable in the core (checkpoint-last, done.json), so a retried task or a
+re-run pipeline continues where it stopped and never retrains a finished fold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.deployments import run_deployment
+
+from flows.deployment_names import GPU_TRAIN_TAG
+from pneumo_core import train
+from pneumo_core.config import RunConfig
+from pneumo_core.errors import PneumoError
+from pneumo_core.storage import open_store
+from tasks.policy import RETRY_OPTIONS
+
+FOLD_RETRIES = 2
+
+
+class FoldRunFailed(PneumoError):
+    """A fold's child flow run did not complete (failed, crashed or cancelled)."""
+
+
+@task(name="create-run", task_run_name="create-run", **RETRY_OPTIONS)
+def create_run(storage: str, config: dict[str, Any], run_id: str | None) -> str:
+    """A new run (config.json written), or the existing run `run_id` resumed unchanged."""
+    store = open_store(storage)
+    run_id = train.create_run(store, RunConfig.from_dict(config), run_id=run_id)
+    get_run_logger().info("run %s: %s", run_id, store.url(train.run_key(run_id, "config.json")))
+    return run_id
+
+
+def progress_key(run_id: str, fold: int) -> str:
+    return f"train-{run_id}-fold-{fold}".lower()
+
+
+@task(name="train-fold", tags=[GPU_TRAIN_TAG], task_run_name="train-fold-{fold}", **RETRY_OPTIONS)
+def train_fold(storage: str, run_id: str, fold: int) -> dict:
+    """One fold, with its progress as a Prefect progress artifact and log lines per epoch."""
+    logger = get_run_logger()
+    store = open_store(storage)
+    epochs = train.load_run_config(store, run_id).epochs
+    artifact = create_progress_artifact(
+        0.0, key=progress_key(run_id, fold), description=f"run {run_id} fold {fold}"
+    )
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        done = int(record["epoch"]) + 1  # records count epochs from 0
+        update_progress_artifact(artifact, min(100.0, 100.0 * done / epochs))
+        shown = ", ".join(
+            f"{k}={_short(v)}" for k, v in record.items() if k not in ("epoch", "fold")
+        )
+        logger.info("fold %d epoch %d/%d: %s", fold, done, epochs, shown)
+
+    result = train.train_fold(store, run_id, fold, on_epoch=on_epoch)
+    update_progress_artifact(artifact, 100.0)
+    logger.info(
+        "fold %d done: %s epochs, best epoch %s, best val mAP %s",
+        fold,
+        result.get("epochs"),
+        result.get("best_epoch"),
+        _short(result.get("best_val_map")),
+    )
+    return result
+
+
+@task(
+    name="train-fold-on-worker",
+    task_run_name="train-fold-{fold}-on-worker",
+    **(RETRY_OPTIONS | {"retries": FOLD_RETRIES}),
+)
+def train_fold_on_worker(deployment: str, storage: str, run_id: str, fold: int) -> dict:
+    """Start the fold's `train-fold` deployment run and wait; raise unless it completed.
+
+    Flow retries do not cover a Crashed child (killed container, out of memory); this task's
+    retries do, each starting a fresh child that resumes from the fold's last checkpoint.
+    """
+    parameters = {"run_id": run_id, "fold": fold, "storage": storage}
+    flow_run = run_deployment(deployment, parameters=parameters, timeout=None)
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        kind = state.type.value if state is not None else "UNKNOWN"
+        message = state.message if state is not None else ""
+        raise FoldRunFailed(
+            f"fold {fold} of run {run_id}: child flow run {flow_run.name!r} ({flow_run.id}) "
+            f"ended {kind}: {message}"
+        )
+    get_run_logger().info("fold %d trained by flow run %s", fold, flow_run.name)
+    return {"fold": fold, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name}
+
+
+def _short(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
