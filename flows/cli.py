@@ -7,6 +7,7 @@ such as `pneumo score` start fast.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from pneumo_core.errors import PneumoError
 
 Handler = Callable[[argparse.Namespace], int]
+STORAGE_HELP = "object store: file://DIR, DIR or s3://bucket/prefix"
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -22,13 +24,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 def cmd_train_fold(args: argparse.Namespace) -> int:
     import json
-    import logging
 
     from pneumo_core import train
     from pneumo_core.config import parse_overrides, preset
     from pneumo_core.storage import open_store
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     store = open_store(args.storage)
     if args.preset or args.set:
         config = preset(args.preset or "default", **parse_overrides(args.set))
@@ -42,7 +42,7 @@ def add_train_fold(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-fold", help="train (or resume) one fold of a run")
     p.add_argument("--run", required=True, help="run id (runs/<id>/config.json in the store)")
     p.add_argument("--fold", required=True, type=int)
-    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--storage", required=True, help=STORAGE_HELP)
     p.add_argument("--preset", help="create the run from this preset when it does not exist")
     p.add_argument(
         "--set",
@@ -51,16 +51,13 @@ def add_train_fold(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="config override for a new run, e.g. --set epochs=3 --set augment.rotation_deg=0",
     )
-    p.set_defaults(handler=cmd_train_fold)
+    p.set_defaults(handler=cmd_train_fold, log_lines=True)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import logging
-
     from pneumo_core.predict import predict_images
     from pneumo_core.storage import open_store
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = predict_images(open_store(args.storage), args.run, args.images, args.out, args.overlays)
     print(out)
     return 0
@@ -71,18 +68,15 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="run id")
     p.add_argument("--images", required=True, help="folder, one .dcm, or s3://bucket/prefix")
     p.add_argument("--out", required=True, help="submission CSV to write")
-    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--storage", required=True, help=STORAGE_HELP)
     p.add_argument("--overlays", type=Path, help="also write PNGs with the boxes to this folder")
-    p.set_defaults(handler=cmd_predict)
+    p.set_defaults(handler=cmd_predict, log_lines=True)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    import logging
-
     from pneumo_core.kaggle import ingest
     from pneumo_core.storage import open_store
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     store = open_store(args.storage)
     result = ingest(args.source, store, args.dataset)
     print(
@@ -102,18 +96,15 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="kaggle://rsna-pneumonia-detection-challenge, a .zip, a folder, or s3://bucket/key.zip",
     )
-    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--storage", required=True, help=STORAGE_HELP)
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="name under raw/ in the store")
-    p.set_defaults(handler=cmd_ingest)
+    p.set_defaults(handler=cmd_ingest, log_lines=True)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    import logging
-
     from pneumo_core.prepare import prepare_dataset
     from pneumo_core.storage import open_store
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     store = open_store(args.storage)
     r = prepare_dataset(store, args.dataset, args.image_size, args.folds, workers=args.workers)
     where = store.url(r.prefix.rstrip("/"))
@@ -132,12 +123,12 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     from pneumo_core import DEFAULT_DATASET
 
     p = sub.add_parser("prepare", help="decode, resize and cache the images; labels and folds")
-    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--storage", required=True, help=STORAGE_HELP)
     p.add_argument("--image-size", type=int, default=512, help="cache size in px (square)")
     p.add_argument("--folds", type=int, default=4, help="number of stratified folds")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="name under raw/ in the store")
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
-    p.set_defaults(handler=cmd_prepare)
+    p.set_defaults(handler=cmd_prepare, log_lines=True)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -252,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole pipeline as a Prefect flow: ingest to submission")
     p.add_argument("--source", required=True, help="kaggle://..., a .zip, a folder or s3://key.zip")
-    p.add_argument("--storage", required=True, help="file://DIR, DIR or s3://bucket/prefix")
+    p.add_argument("--storage", required=True, help=STORAGE_HELP)
     p.add_argument("--preset", default="default", help="seed, default or ci")
     p.add_argument("--folds", type=int, help="number of folds (config n_folds)")
     p.add_argument("--epochs", type=int, help="epochs per fold (config epochs)")
@@ -346,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "log_lines", False):
+        # the core reports progress through logging; Prefect commands bring their own logging
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     handler: Handler = args.handler
     try:
         return handler(args)
