@@ -37,7 +37,7 @@ def predict_images(
     out: str | Path,
     overlays: Path | None = None,
 ) -> Path:
-    """Predict every DICOM under `images` (folder, one .dcm, or s3:// prefix) into the
+    """Predict every DICOM under `images` (folder, one .dcm, or a file:// or s3:// prefix) into the
     submission CSV `out`; optionally one overlay PNG per image into `overlays`."""
     config = load_run_config(store, run_id)
     device = resolve_device(config.device)
@@ -117,7 +117,7 @@ def tuned_postprocess(
 
 def _dicom_sources(images: str) -> Iterator[tuple[str, Callable[[], str | Path | bytes]]]:
     """(name, read) pairs; `read()` gives what `decode_resized` takes."""
-    if images.startswith("s3://"):
+    if "://" in images:  # file:// or s3:// prefix: read through the store, like prepare does
         store = open_store(images)
         for key in store.list():
             if key.lower().endswith(".dcm"):

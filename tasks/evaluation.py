@@ -58,7 +58,7 @@ def write_report(
     """report.md + plots in the store; fold table, report and links as Prefect artifacts."""
     store = open_store(storage)
     built = report.write_report(
-        store, run_id, evaluation, folds, decision, plot_link=lambda key: _link(store, key)
+        store, run_id, evaluation, folds, decision, plot_link=lambda key: store_link(store, key)
     )
     columns = dict.fromkeys(built.fold_rows[0] if built.fold_rows else ("fold", "oof_map"))
     overall = columns | {
@@ -78,7 +78,7 @@ def write_report(
     links = {"report": built.key, **_outputs(store, run_id, folds)}
     for name, key in links.items():
         create_link_artifact(
-            _link(store, key), link_text=store.url(key), key=name, description=f"run {run_id}"
+            store_link(store, key), link_text=store.url(key), key=name, description=f"run {run_id}"
         )
     return {"report": store.url(built.key), "plots": [store.url(k) for k in built.plot_keys]}
 
@@ -91,6 +91,6 @@ def _outputs(store: ObjectStore, run_id: str, folds: Sequence[int]) -> dict[str,
     return {name: key for name, key in candidates.items() if store.exists(key)}
 
 
-def _link(store: ObjectStore, key: str) -> str:
+def store_link(store: ObjectStore, key: str) -> str:
     """An http(s) link where the store can sign one, the store URL otherwise."""
     return store.presigned_url(key) or store.url(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -10,8 +11,9 @@ from prefect.artifacts import create_link_artifact
 
 from pneumo_core import predict, submission
 from pneumo_core.errors import InputError, ObjectNotFound
-from pneumo_core.storage import LocalStore, ObjectStore, open_store
+from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import load_run_config, run_key
+from tasks.evaluation import store_link
 from tasks.policy import RETRY_OPTIONS
 
 PREDICT_TIMEOUT = 6 * 3600.0
@@ -28,8 +30,7 @@ def predict_test_images(storage: str, run_id: str) -> str:
     store = open_store(storage)
     dataset = load_run_config(store, run_id).dataset
     prefix = f"raw/{dataset}/stage_2_test_images"
-    # predict reads a local folder or an s3:// prefix
-    images = str(store.root / prefix) if isinstance(store, LocalStore) else store.url(prefix)
+    images = store.url(prefix)
     with tempfile.TemporaryDirectory(prefix="pneumo-predict-") as tmp:
         out = predict.predict_images(store, run_id, images, Path(tmp) / "submission.csv")
         sample = _sample_submission(store, dataset, Path(tmp))
@@ -49,17 +50,24 @@ def predict_test_images(storage: str, run_id: str) -> str:
     **RETRY_OPTIONS,
 )
 def predict_images(storage: str, run_id: str, images: str, out: str) -> str:
-    """A submission for any folder or store prefix of DICOMs, written to `out`."""
-    written = predict.predict_images(open_store(storage), run_id, images, out)
+    """A submission for any folder or store prefix of DICOMs, written to `out` and kept in the
+    store under runs/<id>/predictions/, since a worker's disk goes away with its container."""
+    store = open_store(storage)
+    written = predict.predict_images(store, run_id, images, out)
     problems = submission.check_submission(written)
     if problems:
         raise InputError(f"{written}: submission is invalid: {'; '.join(problems[:5])}")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    key = run_key(run_id, f"predictions/{stamp}-{Path(written).name}")
+    store.put_file(key, written)
     create_link_artifact(
-        Path(written).resolve().as_uri(), link_text=str(written), key="prediction",
-        description=f"predictions of run {run_id} for {images}",
+        store_link(store, key), link_text=store.url(key), key="prediction",
+        description=f"predictions of run {run_id} for {images} (also written to {written})",
     )  # fmt: skip
-    get_run_logger().info("predictions of run %s for %s: %s", run_id, images, written)
-    return str(written)
+    get_run_logger().info(
+        "predictions of run %s for %s: %s and %s", run_id, images, written, store.url(key)
+    )
+    return store.url(key)
 
 
 def _sample_submission(store: ObjectStore, dataset: str, folder: Path) -> Path | None:

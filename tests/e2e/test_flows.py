@@ -233,12 +233,15 @@ def test_predict_flow_uses_the_champion(
     written = predict_flow(
         storage=file_run["storage"], images=str(dataset / "stage_2_test_images"), out=str(out)
     )
-    assert written == str(out)
+    run_id = champion.champion_run_id(store)
+    # kept in the store too, since a worker's local disk goes away with its container
+    [key] = store.list(f"runs/{run_id}/predictions/")
+    assert written == store.url(key)
+    assert key.endswith("-predictions.csv")
     assert check_submission(out, sample=dataset / "stage_2_sample_submission.csv") == []
     # the same models and post-processing as the pipeline's own submission
-    assert out.read_text() == store.get_text(
-        f"runs/{champion.champion_run_id(store)}/submission.csv"
-    )
+    assert out.read_text() == store.get_text(f"runs/{run_id}/submission.csv")
+    assert store.get_text(key) == out.read_text()
 
 
 @pytest.fixture
