@@ -286,7 +286,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
-DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS = 64, 16, 256
+DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS = 200, 24, 256
 
 
 def _run_pipeline(**parameters: object) -> dict:

@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
+from pneumo_core import postprocess
 from pneumo_core.champion import Decision
 from pneumo_core.data import PreparedCache
 from pneumo_core.errors import ObjectNotFound
 from pneumo_core.evaluate import read_oof, read_truth
+from pneumo_core.postprocess import PostprocessConfig
 from pneumo_core.storage import ObjectStore
 
 Curve = Sequence[tuple[float, float | None]]  # (score threshold, mAP or None: nothing scored)
@@ -104,12 +106,11 @@ def plot_curves(histories: dict[int, Sequence[dict]]) -> bytes:
     return _png(fig)
 
 
-def predictions(oof: pd.DataFrame, min_score: float = 0.0) -> dict[str, tuple]:
+def predictions(oof: pd.DataFrame) -> dict[str, tuple]:
     """(boxes xywh, scores) per patient from oof_predictions.csv rows, keeping every patient."""
     result: dict[str, tuple] = {}
     for pid, group in oof.groupby("patientId"):
         kept = group.dropna(subset=["x"])
-        kept = kept[kept["score"] >= min_score]
         result[pid] = (
             kept[["x", "y", "width", "height"]].to_numpy(float),
             kept["score"].to_numpy(),
@@ -158,12 +159,13 @@ def validation_panels(
     cache: PreparedCache,
     oof: pd.DataFrame,
     gt: dict[str, np.ndarray],
-    threshold: float,
+    post: PostprocessConfig,
     limit: int = 8,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]]:
-    """Validation images from the prepared cache, positives first, boxes scaled to cache px."""
+    """Validation images from the prepared cache, positives first, boxes scaled to cache px;
+    predictions as the submission would have them (tuned threshold, box limit, shrink)."""
     meta = cache.metadata[cache.metadata["split"] == "train"].set_index("patientId")
-    preds = predictions(oof, threshold)
+    preds = {pid: postprocess.apply(*pred, post) for pid, pred in predictions(oof).items()}
     chosen = sorted(preds, key=lambda pid: (len(gt.get(pid, ())) == 0, pid))[:limit]
     images = cache.images("train")
     fold_of = oof.groupby("patientId")["fold"].first()
@@ -247,9 +249,13 @@ def write_report(
     oof = read_oof(store, run_id)
     cache = PreparedCache(store, config["dataset"], int(config["image_size"]))
     gt, _ = read_truth(store, cache.dataset, cache.image_size, oof)
-    plots["validation-grid.png"] = plot_validation_grid(
-        validation_panels(cache, oof, gt, float(threshold or 0.0))
+    tuned = evaluation.get("postprocess")
+    post = (
+        PostprocessConfig.from_dict(tuned)
+        if tuned
+        else PostprocessConfig(score_threshold=float(threshold or 0.0))
     )
+    plots["validation-grid.png"] = plot_validation_grid(validation_panels(cache, oof, gt, post))
     plot_keys = []
     for name, png in plots.items():
         key = f"{prefix}/plots/{name}"

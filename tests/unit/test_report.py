@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from pneumo_core import DEFAULT_DATASET, champion, report
+from pneumo_core.postprocess import PostprocessConfig
 from pneumo_core.storage import open_store
 
 SIZE = 64  # cache px; originals are 1024 px, so boxes scale by 1/16
@@ -129,7 +130,8 @@ def test_validation_panels_scale_boxes_to_cache_pixels(store):
     cache = PreparedCache(store, DEFAULT_DATASET, SIZE)
     oof = pd.read_csv(io.StringIO(store.get_text(f"runs/{RUN}/fold-0/oof_predictions.csv")))
     gt = {p: np.array([[160.0, 320.0, 320.0, 160.0]]) for p in ("p0", "p2")}
-    panels = report.validation_panels(cache, oof, gt, threshold=0.5)
+    post = PostprocessConfig(score_threshold=0.5)
+    panels = report.validation_panels(cache, oof, gt, post)
     assert [p[4].split()[0] for p in panels] == ["p0", "p2"]
     image, truth, boxes, scores, _ = panels[0]
     assert image.shape == (SIZE, SIZE)
