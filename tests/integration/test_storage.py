@@ -527,10 +527,10 @@ def resetting_server() -> Iterator[tuple[int, list[int]]]:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
+            accepted.append(1)  # counted before the reset, which is what ends the attempt
             conn.recv(65536)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
-            accepted.append(1)
 
     thread = threading.Thread(target=serve)
     thread.start()
