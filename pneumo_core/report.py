@@ -28,6 +28,7 @@ from pneumo_core.errors import ObjectNotFound
 from pneumo_core.evaluate import read_oof, read_truth
 from pneumo_core.postprocess import PostprocessConfig
 from pneumo_core.storage import ObjectStore
+from pneumo_core.train import run_key
 
 Curve = Sequence[tuple[float, float | None]]  # (score threshold, mAP or None: nothing scored)
 
@@ -41,14 +42,10 @@ class Report:
     fold_rows: list[dict] = field(default_factory=list)
 
 
-def run_prefix(run_id: str) -> str:
-    return f"runs/{run_id}"
-
-
 def fold_history(store: ObjectStore, run_id: str, fold: int) -> list[dict]:
     """Epoch records of one fold (metrics.jsonl), oldest first; empty when not trained yet."""
     try:
-        text = store.get_text(f"{run_prefix(run_id)}/fold-{fold}/metrics.jsonl")
+        text = store.get_text(run_key(run_id, f"fold-{fold}/metrics.jsonl"))
     except ObjectNotFound:
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -236,7 +233,7 @@ def write_report(
     plot_link: Callable[[str], str] | None = None,
 ) -> Report:
     """Plots and report.md for a run; `plot_link(store key)` makes the linked variant."""
-    prefix = run_prefix(run_id)
+    prefix = run_key(run_id, "").rstrip("/")
     config = store.get_json(f"{prefix}/config.json")
     histories = {fold: fold_history(store, run_id, fold) for fold in folds}
     per_fold = _per_fold_maps(evaluation)
@@ -281,7 +278,7 @@ def _per_fold_maps(evaluation: dict) -> dict[int, float]:
 
 def _done(store: ObjectStore, run_id: str, fold: int) -> dict | None:
     try:
-        return store.get_json(f"{run_prefix(run_id)}/fold-{fold}/done.json")
+        return store.get_json(run_key(run_id, f"fold-{fold}/done.json"))
     except ObjectNotFound:
         return None
 

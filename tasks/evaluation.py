@@ -19,7 +19,7 @@ from prefect.artifacts import (
 
 from pneumo_core import champion, evaluate, report
 from pneumo_core.storage import ObjectStore, open_store
-from pneumo_core.train import load_run_config
+from pneumo_core.train import load_run_config, run_key
 from tasks.policy import RETRY_OPTIONS
 
 
@@ -85,9 +85,9 @@ def write_report(
 
 def _outputs(store: ObjectStore, run_id: str, folds: Sequence[int]) -> dict[str, str]:
     """Artifact key -> store key of the run's submission and best checkpoints that exist."""
-    candidates = {"submission": f"runs/{run_id}/submission.csv"}
+    candidates = {"submission": run_key(run_id, "submission.csv")}
     for fold in folds:
-        candidates[f"checkpoint-fold-{fold}"] = f"runs/{run_id}/fold-{fold}/checkpoint-best.pt"
+        candidates[f"checkpoint-fold-{fold}"] = run_key(run_id, f"fold-{fold}/checkpoint-best.pt")
     return {name: key for name, key in candidates.items() if store.exists(key)}
 
 
