@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from flows import weights_cli
 from pneumo_core.errors import PneumoError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -322,6 +323,7 @@ ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_check_submission,
     add_run,
     add_demo,
+    weights_cli.add_weights,
 ]
 
 

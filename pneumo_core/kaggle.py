@@ -97,7 +97,7 @@ def _members_of(source: str) -> Iterator[list[_Member]]:
         competition = source.removeprefix(KAGGLE_SCHEME).strip("/")
         if not competition:
             raise InputError(f"source {source!r} names no competition")
-        api = _kaggle_api()
+        api = kaggle_api()
         with tempfile.TemporaryDirectory(prefix="pneumo-kaggle-") as tmp:
             archive = _download_competition(api, competition, Path(tmp))
             with _zip_members(archive) as members:
@@ -220,7 +220,7 @@ def _checked_layout(members: list[_Member], origin: Path) -> list[_Member]:
 # --- kaggle ---------------------------------------------------------------------------------
 
 
-def _kaggle_api() -> Any:
+def kaggle_api() -> Any:
     """An authenticated `kaggle.KaggleApi`; InputError naming both ways to log in if we can't."""
     config = _kaggle_config_file()
     if not (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) and not config:

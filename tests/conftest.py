@@ -87,6 +87,17 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return request.getfixturevalue("s3_store")
 
 
+@pytest.fixture(params=["file", "s3"])
+def cli_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """Like `store`, opened from its URI the way the `pneumo` command opens it (on S3 the
+    AWS_* environment of `s3_env`), for tests that pass `store.uri` to a command."""
+    from pneumo_core.storage import open_store
+
+    if request.param == "file":
+        return open_store((tmp_path / "store").as_uri())
+    return open_store(request.getfixturevalue("s3_env"))
+
+
 # -- A tiny prepared cache (CONTRACT.md format) without running synth + prepare ----------------
 
 
