@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flows import weights_cli
+from flows import operate_cli, weights_cli
 from pneumo_core.errors import PneumoError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -323,6 +323,7 @@ ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_check_submission,
     add_run,
     add_demo,
+    operate_cli.add_submit,
     weights_cli.add_weights,
 ]
 

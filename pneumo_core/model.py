@@ -1,9 +1,10 @@
 """RetinaNet builder: ResNet-18/34/50 FPN, one input channel, optional pretrained weights.
 
-Weights come from `config.weights_path` or torchvision's download cache when present;
-nothing is ever downloaded (workers may have no network). A pretrained RGB `conv1` becomes
-a 1-channel one by summing its kernels over the colour axis, which is exactly the RGB
-network applied to a grey image repeated on three channels.
+Which weights file to start from is decided by `weights.resolve` (weights_path, the store,
+torch's hub cache); nothing is downloaded here. A pretrained RGB `conv1` becomes a 1-channel
+one by summing its kernels over the colour axis, which is exactly the RGB network applied to
+a grey image repeated on three channels. A file that fills less than MIN_BACKBONE_SHARE of
+the backbone's tensors is refused: a mismatched file must not pass as "pretrained".
 """
 
 from __future__ import annotations
@@ -22,11 +23,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.retinanet import (
-    RetinaNet_ResNet50_FPN_Weights,
-    RetinaNetClassificationHead,
-    RetinaNetHead,
-)
+from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead
 from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -34,6 +31,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from pneumo_core import postprocess
 from pneumo_core.config import RunConfig
 from pneumo_core.errors import InputError
+from pneumo_core.weights import WeightsFile
 
 log = logging.getLogger(__name__)
 
@@ -42,42 +40,48 @@ Detection = tuple[np.ndarray, np.ndarray]  # boxes xywh [M, 4] (cache px), score
 NUM_CLASSES = 2  # background + opacity, as torchvision counts them
 IMAGE_MEAN = [0.485]
 IMAGE_STD = [0.229]
+MIN_BACKBONE_SHARE = 0.9  # of the backbone's tensors a weights file must fill
 _RESNETS = {
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
 }
-_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """How a model was built; stored in checkpoints so inference rebuilds the same modules."""
+    """How a model was built; stored in checkpoints so inference rebuilds the same modules,
+    and in done.json and the report so a run says what it started from."""
 
     weights: str | None  # file the pretrained weights came from, None = random
     frozen_bn: bool
+    weights_sha256: str | None = None
+    weights_origin: str | None = None  # weights_path, store <url> or torch hub cache
+    tensors_loaded: int = 0  # of the file's tensors (conv1 included, summed over RGB)
+    tensors_skipped: int = 0  # file tensors that fit nowhere (ImageNet's fc); BN counters aside
+    backbone_share: float | None = None  # share of the backbone's tensors the file filled
 
 
 def build_model(
-    config: RunConfig, *, load_weights: bool = True, frozen_bn: bool | None = None
+    config: RunConfig, weights: WeightsFile | None = None, frozen_bn: bool | None = None
 ) -> tuple[RetinaNet, ModelInfo]:
-    """The detector for `config`. `load_weights=False` skips pretrained weights (a checkpoint
-    will overwrite them); `frozen_bn` then restores the normalisation the checkpoint used."""
-    state, source = _pretrained_state(config) if load_weights else (None, None)
+    """The detector for `config`, starting from `weights` (None: random; a checkpoint will
+    overwrite them); `frozen_bn` restores the normalisation a checkpoint used."""
+    state = _read_state(weights.path) if weights is not None else None
     if frozen_bn is None:
         # Freezing batch norm keeps pretrained statistics; random ones are not worth keeping.
         frozen_bn = config.freeze_bn and state is not None
-    build_resnet, _ = _RESNETS[config.backbone]
-    body = build_resnet(weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
-    rgb_conv1 = None
-    if state is not None and _is_detector_state(state):
-        rgb_conv1 = state.get("backbone.body.conv1.weight")
-    elif state is not None:
-        rgb_conv1 = state.get("conv1.weight")
-        _load_matching(body, {k: v for k, v in state.items() if not k.startswith("conv1.")})
+    body = _RESNETS[config.backbone](
+        weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    )
+    body_state = _body_state(state) if state is not None else {}
+    loaded = _load_matching(body, {k: v for k, v in body_state.items() if not _outside_backbone(k)})
     _freeze_layers(body, config.trainable_backbone_layers)
     # After freezing, as the seed did: the new conv1 always trains.
+    rgb_conv1 = body_state.get("conv1.weight")
     body.conv1 = _one_channel_conv1(body.conv1, rgb_conv1, config.conv1_init)
+    if rgb_conv1 is not None and config.conv1_init == "sum_rgb":
+        loaded.add("conv1.weight")
 
     c = config.fpn_channels
     stage2 = body.inplanes // 8  # 64 for BasicBlock resnets, 256 for Bottleneck ones
@@ -110,10 +114,33 @@ def build_model(
         score_thresh=config.oof_score_floor,
         detections_per_img=config.detections_per_img,
     )
-    if state is not None and _is_detector_state(state):
-        skip = ("backbone.body.conv1.", "head.classification_head.cls_logits.")
-        _load_matching(model, {k: v for k, v in state.items() if not k.startswith(skip)})
-    return model, ModelInfo(weights=source, frozen_bn=frozen_bn)
+    if weights is None:
+        return model, ModelInfo(weights=None, frozen_bn=frozen_bn)
+    if _is_detector_state(state):
+        loaded = {f"backbone.body.{k}" for k in loaded}
+        skip = ("backbone.body.", "head.classification_head.cls_logits.")
+        loaded |= _load_matching(model, {k: v for k, v in state.items() if not k.startswith(skip)})
+    share = _backbone_share(body, {k.removeprefix("backbone.body.") for k in loaded})
+    if share < MIN_BACKBONE_SHARE:
+        raise InputError(
+            f"weights {weights.path}: only {share:.0%} of the {config.backbone} backbone's "
+            f"tensors have a match in the file (at least {MIN_BACKBONE_SHARE:.0%} needed); "
+            "is it a weights file for this backbone?"
+        )
+    info = ModelInfo(
+        weights=str(weights.path),
+        frozen_bn=frozen_bn,
+        weights_sha256=weights.sha256,
+        weights_origin=weights.origin,
+        tensors_loaded=len(loaded),
+        tensors_skipped=sum(k not in loaded and not _is_counter(k) for k in state),
+        backbone_share=round(share, 4),
+    )
+    log.info(
+        "pretrained weights %s (%s): %d tensors loaded, %d skipped, %.0f%% of the backbone",
+        weights.path, weights.origin, info.tensors_loaded, info.tensors_skipped, 100 * share,
+    )  # fmt: skip
+    return model, info
 
 
 class FocalClassificationHead(RetinaNetClassificationHead):
@@ -208,40 +235,15 @@ def _anchor_generator() -> AnchorGenerator:
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
-def _pretrained_state(config: RunConfig) -> tuple[dict[str, Tensor] | None, str | None]:
-    if config.weights_path:
-        path = Path(config.weights_path).expanduser()
-        if not path.is_file():
-            raise InputError(f"weights_path {path}: file not found")
-        return _read_state(path), str(path)
-    if not config.pretrained:
-        _log_once(f"{config.backbone}: pretrained=false, starting from RANDOM weights")
-        return None, None
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    candidates = [checkpoints / Path(_RESNETS[config.backbone][1].url).name]
-    if config.backbone == "resnet50":
-        candidates.insert(0, checkpoints / Path(RetinaNet_ResNet50_FPN_Weights.COCO_V1.url).name)
-    for path in candidates:
-        if path.is_file():
-            log.info("loading pretrained weights from %s", path)
-            return _read_state(path), str(path)
-    _log_once(
-        f"{config.backbone}: no pretrained weights found (looked for "
-        f"{', '.join(str(p) for p in candidates)}; set weights_path to use a file), "
-        "starting from RANDOM weights"
-    )
-    return None, None
-
-
 def _read_state(path: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise InputError(f"weights_path {path}: not a readable torch state dict ({exc})") from None
+        raise InputError(f"weights {path}: not a readable torch state dict ({exc})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # one of our own checkpoints
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise InputError(f"weights_path {path}: expected a state dict of tensors")
+        raise InputError(f"weights {path}: expected a state dict of tensors")
     return OrderedDict(state)
 
 
@@ -249,19 +251,35 @@ def _is_detector_state(state: dict[str, Tensor]) -> bool:
     return any(key.startswith("backbone.body.") for key in state)
 
 
-def _load_matching(module: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load every tensor whose name and shape match; report the rest once."""
+def _body_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ResNet part of a classifier's or a detector's state dict, with ResNet names."""
+    if not _is_detector_state(state):
+        return state
+    prefix = "backbone.body."
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _load_matching(module: nn.Module, state: dict[str, Tensor]) -> set[str]:
+    """Load every tensor whose name and shape match; returns the names loaded."""
     own = module.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     module.load_state_dict(usable, strict=False)
-    skipped = sorted(set(state) - set(usable))
-    if skipped:
-        log.info(
-            "pretrained weights: %d tensors loaded, %d skipped (e.g. %s)",
-            len(usable),
-            len(skipped),
-            skipped[0],
-        )
+    return set(usable)
+
+
+def _backbone_share(body: nn.Module, loaded: set[str]) -> float:
+    """Share of the backbone's tensors (batch-norm counters aside) filled from the file."""
+    names = [k for k in body.state_dict() if not _is_counter(k) and not k.startswith("fc.")]
+    return sum(k in loaded for k in names) / len(names)
+
+
+def _outside_backbone(name: str) -> bool:
+    """conv1 is built apart (one channel); the classifier's fc is not part of a detector."""
+    return name == "conv1.weight" or name.startswith("fc.")
+
+
+def _is_counter(name: str) -> bool:
+    return name.endswith("num_batches_tracked")  # batch norm's step counter, not a weight
 
 
 def _one_channel_conv1(conv: nn.Conv2d, rgb_weight: Tensor | None, init: str) -> nn.Conv2d:
@@ -280,9 +298,3 @@ def _freeze_layers(body: nn.Module, trainable: int) -> None:
     for name, param in body.named_parameters():
         if not any(name.startswith(layer) for layer in layers):
             param.requires_grad_(False)
-
-
-def _log_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message)

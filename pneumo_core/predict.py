@@ -92,7 +92,7 @@ def load_fold_models(
             if store.exists(key):
                 state = load_checkpoint(store, key)
                 info = ModelInfo(**state["model_info"])
-                model, _ = build_model(config, load_weights=False, frozen_bn=info.frozen_bn)
+                model, _ = build_model(config, frozen_bn=info.frozen_bn)
                 model.load_state_dict(state["model"])
                 models.append(model.to(device).eval())
                 break

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torchvision.models.detection import RetinaNet
 
-from pneumo_core import metric
+from pneumo_core import metric, weights
 from pneumo_core.augment import Augmenter
 from pneumo_core.config import RunConfig
 from pneumo_core.data import DetectionDataset, PreparedCache, make_loader
@@ -117,8 +117,11 @@ class _FoldTrainer:
         config, started = self.config, time.monotonic()
         _seed_everything(config.seed + self.fold)
         resumed = self._load_checkpoint("checkpoint-last.pt")
-        frozen_bn = resumed["model_info"]["frozen_bn"] if resumed else None
-        model, info = build_model(config, load_weights=resumed is None, frozen_bn=frozen_bn)
+        if resumed:
+            info = ModelInfo(**resumed["model_info"])
+            model, _ = build_model(config, frozen_bn=info.frozen_bn)
+        else:  # fails here, before any training, when pretrained weights are missing
+            model, info = build_model(config, weights.resolve(config, self.store))
         model.to(self.device)
         if self.cuda and config.channels_last:
             model.to(memory_format=torch.channels_last)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -14,11 +12,14 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from pneumo_core.config import preset
 from pneumo_core.errors import InputError
 from pneumo_core.model import (
+    MIN_BACKBONE_SHARE,
     FocalClassificationHead,
     build_model,
     detect_batch,
     losses_and_detections,
 )
+from pneumo_core.storage import file_sha256
+from pneumo_core.weights import resolve
 
 S = 64
 
@@ -41,6 +42,11 @@ def empty_hub(tmp_path, monkeypatch):
 
 def _cfg(**overrides):
     return preset("ci", image_size=S, fpn_channels=16, **overrides)
+
+
+def _build(cfg):
+    """As a fold builds a new model: weights resolved from the configuration (no store)."""
+    return build_model(cfg, resolve(cfg, None))
 
 
 def _batch(n=2):
@@ -83,7 +89,7 @@ def test_resnet_weights_file_gives_summed_conv1_and_frozen_bn(tmp_path, empty_hu
     rgb = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(rgb.state_dict(), path)
-    model, info = build_model(_cfg(weights_path=str(path), freeze_bn=True))
+    model, info = _build(_cfg(weights_path=str(path), freeze_bn=True))
     body = model.backbone.body
     assert info.weights == str(path) and info.frozen_bn
     expected = rgb.conv1.weight.sum(dim=1, keepdim=True)
@@ -97,7 +103,7 @@ def test_random_conv1_init_ignores_pretrained_kernels(tmp_path, empty_hub):
     rgb = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(rgb.state_dict(), path)
-    model, _ = build_model(_cfg(weights_path=str(path), conv1_init="random"))
+    model, _ = _build(_cfg(weights_path=str(path), conv1_init="random"))
     assert not torch.allclose(model.backbone.body.conv1.weight, rgb.conv1.weight.sum(1, True))
 
 
@@ -108,7 +114,8 @@ def test_detector_weights_file_loads_backbone_and_head(tmp_path, empty_hub):
     state["backbone.body.conv1.weight"] = rgb_conv1
     path = tmp_path / "detector.pth"
     torch.save(state, path)
-    model, _ = build_model(_cfg(weights_path=str(path)))
+    model, info = _build(_cfg(weights_path=str(path)))
+    assert info.tensors_skipped == 2  # the one-class head's logits: our head has other classes
     assert torch.allclose(model.backbone.body.conv1.weight, rgb_conv1.sum(1, keepdim=True))
     for name in ("head.regression_head.bbox_reg.weight", "backbone.fpn.layer_blocks.0.0.weight"):
         assert torch.equal(model.state_dict()[name], state[name])
@@ -116,29 +123,44 @@ def test_detector_weights_file_loads_backbone_and_head(tmp_path, empty_hub):
 
 def test_missing_or_bad_weights_file_is_an_input_error(tmp_path, empty_hub):
     with pytest.raises(InputError, match="not found"):
-        build_model(_cfg(weights_path=str(tmp_path / "nope.pth")))
+        _build(_cfg(weights_path=str(tmp_path / "nope.pth")))
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match=r"bad\.pth"):
-        build_model(_cfg(weights_path=str(bad)))
+        _build(_cfg(weights_path=str(bad)))
 
 
-def test_no_weights_anywhere_says_so_once(empty_hub, caplog):
-    caplog.set_level(logging.WARNING, logger="pneumo_core.model")
-    for _ in range(2):
-        build_model(_cfg(pretrained=True, backbone="resnet34"))
-    messages = [r.getMessage() for r in caplog.records if "RANDOM weights" in r.getMessage()]
-    assert len(messages) == 1 and "resnet34" in messages[0]
+def test_pretrained_without_weights_anywhere_fails_naming_the_ways_out(empty_hub):
+    with pytest.raises(InputError) as caught:
+        _build(_cfg(pretrained=True, backbone="resnet34"))
+    message = str(caught.value)
+    assert "resnet34" in message and str(empty_hub / "checkpoints") in message
+    assert "pneumo weights fetch" in message and "pretrained=false" in message
 
 
-def test_weights_are_found_in_the_torch_hub_cache(empty_hub):
+def test_weights_are_found_in_the_torch_hub_cache(empty_hub, monkeypatch):
     rgb = torchvision.models.resnet18(weights=None)
-    name = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    published = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     (empty_hub / "checkpoints").mkdir(parents=True)
-    torch.save(rgb.state_dict(), empty_hub / "checkpoints" / name)
-    model, info = build_model(_cfg(pretrained=True))
-    assert info.weights.endswith(name)
+    path = empty_hub / "checkpoints" / published.url.rsplit("/", 1)[-1]
+    torch.save(rgb.state_dict(), path)
+    # torchvision's name carries the published hash: a file with other content is refused
+    with pytest.raises(InputError, match="does not match"):
+        _build(_cfg(pretrained=True))
+    # named with its own hash prefix, as torchvision names its files, it is used
+    path = path.rename(path.with_name(f"resnet18-{file_sha256(path)[:8]}.pth"))
+    monkeypatch.setattr(published.value, "url", f"https://weights.invalid/{path.name}")
+    model, info = _build(_cfg(pretrained=True))
+    assert info.weights == str(path) and info.weights_origin == "torch hub cache"
+    assert info.weights_sha256 == file_sha256(path) and info.tensors_skipped == 2  # fc
     assert torch.allclose(model.backbone.body.conv1.weight, rgb.conv1.weight.sum(1, True))
+
+
+def test_a_weights_file_for_another_backbone_is_refused(tmp_path, empty_hub):
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    with pytest.raises(InputError, match=f"{MIN_BACKBONE_SHARE:.0%}"):
+        _build(_cfg(weights_path=str(path)))
 
 
 def test_losses_and_detections_match_torchvision_forward(empty_hub):
