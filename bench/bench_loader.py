@@ -19,7 +19,6 @@ rates are printed beside them. Best of --repeat passes over the images.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -49,8 +48,8 @@ class SeedStyleDataset(Dataset):
         self.files = files
         self.cache = cache
         self.geometry = Augmenter(config)
-        no_geometry = dataclasses.replace(
-            config, hflip_p=0.0, scale=0.0, rotation_deg=0.0, shear_deg=0.0, shift=0.0
+        no_geometry = config.with_overrides(
+            {"hflip_p": 0.0, "scale": 0.0, "rotation_deg": 0.0, "shear_deg": 0.0, "shift": 0.0}
         )
         self.photometric = Augmenter(no_geometry)
 

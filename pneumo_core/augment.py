@@ -20,13 +20,15 @@ Matrix convention (what `Augmenter.sample_matrix` returns):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from typing import ClassVar, Self
 
 import cv2
 import imgaug.augmenters as iaa
 import numpy as np
+from pydantic import Field, model_validator
 from skimage.transform import AffineTransform
 
+from pneumo_core.checked import CheckedModel
 from pneumo_core.errors import InputError
 
 # Points at 1/3 and 2/3 along each edge of a box (fractions of width, height): the seed's
@@ -44,11 +46,8 @@ _EDGE_POINTS = np.array(
     ]
 )
 
-_PROBABILITIES = ("hflip_p", "blur_p", "noise_p", "salt_pepper", "salt_pepper_p", "min_visible")
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(CheckedModel):
     """Ranges and probabilities of every augmentation; the defaults are DESIGN.md's seed recipe.
 
     Ranges are symmetric half-widths: a scale of 0.15 draws a zoom in [0.85, 1.15], a shift of
@@ -57,36 +56,34 @@ class AugmentConfig:
     less than `min_visible` of their transformed area inside the image, are dropped.
     """
 
-    enabled: bool = True
-    hflip_p: float = 0.5
-    scale: float = 0.15
-    rotation_deg: float = 6.0
-    shear_deg: float = 4.0
-    shift: float = 0.05
-    gamma: float = 0.25
-    blur_sigma: float = 2.0
-    blur_p: float = 0.5
-    noise_std: float = 0.04 * 255
-    noise_p: float = 0.5
-    salt_pepper: float = 0.01
-    salt_pepper_size_min: float = 0.10
-    salt_pepper_size_max: float = 0.20
-    salt_pepper_p: float = 0.1
-    min_box_size: float = 4.0
-    min_visible: float = 0.25
+    section: ClassVar[str] = "augment."
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name != "enabled" and not (isinstance(value, int | float) and value >= 0):
-                raise InputError(f"augment.{f.name} must be a number >= 0, got {value!r}")
-        for name in _PROBABILITIES:
-            if getattr(self, name) > 1:
-                raise InputError(f"augment.{name} must be within 0..1, got {getattr(self, name)}")
-        if self.scale >= 1 or self.gamma >= 1:
-            raise InputError("augment.scale and augment.gamma must be below 1")
-        if not 0 < self.salt_pepper_size_min <= self.salt_pepper_size_max <= 1:
-            raise InputError("augment.salt_pepper_size_min/max must satisfy 0 < min <= max <= 1")
+    enabled: bool = True
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    scale: float = Field(0.15, ge=0, lt=1)
+    rotation_deg: float = Field(6.0, ge=0, le=180)
+    shear_deg: float = Field(4.0, ge=0, lt=90)
+    shift: float = Field(0.05, ge=0, le=1)
+    gamma: float = Field(0.25, ge=0, lt=1)
+    blur_sigma: float = Field(2.0, ge=0)
+    blur_p: float = Field(0.5, ge=0, le=1)
+    noise_std: float = Field(0.04 * 255, ge=0, le=255)
+    noise_p: float = Field(0.5, ge=0, le=1)
+    salt_pepper: float = Field(0.01, ge=0, le=1)
+    salt_pepper_size_min: float = Field(0.10, gt=0, le=1)
+    salt_pepper_size_max: float = Field(0.20, gt=0, le=1)
+    salt_pepper_p: float = Field(0.1, ge=0, le=1)
+    min_box_size: float = Field(4.0, ge=0)
+    min_visible: float = Field(0.25, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _salt_pepper_sizes_ordered(self) -> Self:
+        if self.salt_pepper_size_min > self.salt_pepper_size_max:
+            raise ValueError(
+                f"salt_pepper_size_min={self.salt_pepper_size_min} must not exceed "
+                f"salt_pepper_size_max={self.salt_pepper_size_max}"
+            )
+        return self
 
     @classmethod
     def seed_recipe(cls) -> AugmentConfig:

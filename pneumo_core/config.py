@@ -11,108 +11,79 @@ compared field by field. Presets:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
-import typing
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from pneumo_core import DEFAULT_DATASET
 from pneumo_core.augment import AugmentConfig
+from pneumo_core.checked import CheckedModel, NoneFromText
 from pneumo_core.errors import InputError
 from pneumo_core.postprocess import PostprocessConfig
 
-BACKBONES = ("resnet18", "resnet34", "resnet50")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a dataset name: one safe store key part
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that decides what a run trains and how it predicts."""
+class RunConfig(CheckedModel):
+    """Everything that decides what a run trains and how it predicts.
 
-    preset: str = "default"
-    dataset: str = DEFAULT_DATASET
-    image_size: int = 512
-    n_folds: int = 4
-    seed: int = 42
+    Every field has a checked type and range (pydantic): a bad value, from Python, a
+    command-line `--set`, a stored config.json or the Prefect UI's form, is an InputError
+    naming the field. The device's syntax is checked here; whether it exists on the machine
+    that trains is checked there (`train.resolve_device`), since runs are often configured
+    on a machine without the GPU that will train them.
+    """
+
+    preset: str = Field("default", min_length=1)
+    dataset: str = Field(DEFAULT_DATASET, pattern=NAME_PATTERN)
+    image_size: int = Field(512, ge=32, le=4096)
+    n_folds: int = Field(4, ge=2, le=50)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     # model
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     pretrained: bool = True  # use weights from weights_path or torchvision's cache when present
-    weights_path: str | None = None
+    weights_path: Annotated[str | None, NoneFromText] = Field(None, min_length=1)
     conv1_init: Literal["sum_rgb", "random"] = "sum_rgb"
-    fpn_channels: int = 256
+    fpn_channels: int = Field(256, ge=8, le=1024)
     freeze_bn: bool = (
         True  # only with pretrained statistics; random BN stats are not worth freezing
     )
-    trainable_backbone_layers: int = 5
+    trainable_backbone_layers: int = Field(5, ge=0, le=5)
     head_groupnorm: bool = True
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    focal_alpha: float = Field(0.25, ge=0, le=1)
+    focal_gamma: float = Field(2.0, ge=0, le=10)
     box_loss: Literal["l1", "smooth_l1", "giou"] = "giou"
-    detections_per_img: int = 20  # boxes kept per image before post-processing
-    oof_score_floor: float = 0.05  # boxes below this never leave the model
+    detections_per_img: int = Field(
+        20, ge=1, le=1000
+    )  # boxes kept per image before post-processing
+    oof_score_floor: float = Field(0.05, ge=0, lt=1)  # boxes below this never leave the model
     # optimisation
-    epochs: int = 16
-    batch_size: int = 6
-    val_batch_size: int = 4
+    epochs: int = Field(16, ge=1, le=10_000)
+    batch_size: int = Field(6, ge=1, le=4096)
+    val_batch_size: int = Field(4, ge=1, le=4096)
     optimizer: Literal["adam", "adamw"] = "adamw"
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.5
+    lr: float = Field(2e-4, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    warmup_epochs: float = Field(0.5, ge=0)
     scheduler: Literal["plateau", "cosine"] = "cosine"
-    plateau_patience: int = 4
-    plateau_factor: float = 0.2
-    grad_clip: float | None = 10.0
+    plateau_patience: int = Field(4, ge=0)
+    plateau_factor: float = Field(0.2, gt=0, lt=1)
+    grad_clip: Annotated[float | None, NoneFromText] = Field(10.0, gt=0)
     # execution
-    device: str = "auto"  # "auto" = CUDA when present, else CPU
+    device: str = Field("auto", pattern=DEVICE_PATTERN)  # "auto" = CUDA when present, else CPU
     amp: bool = True  # CUDA only
     channels_last: bool = True  # CUDA only
-    num_workers: int = 2
-    max_parallel_folds: int = 1
-    val_every: int = 1
+    num_workers: int = Field(2, ge=0, le=256)
+    max_parallel_folds: int = Field(1, ge=1, le=256)
+    val_every: int = Field(1, ge=1)
     # inference
     tta_hflip: bool = True
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
-
-    def __post_init__(self) -> None:
-        checks: list[tuple[str, bool, str]] = [
-            ("backbone", self.backbone in BACKBONES, f"one of {BACKBONES}"),
-            ("conv1_init", self.conv1_init in ("sum_rgb", "random"), "sum_rgb or random"),
-            ("optimizer", self.optimizer in ("adam", "adamw"), "adam or adamw"),
-            ("scheduler", self.scheduler in ("plateau", "cosine"), "plateau or cosine"),
-            ("box_loss", self.box_loss in ("l1", "smooth_l1", "giou"), "l1, smooth_l1 or giou"),
-            ("image_size", self.image_size >= 32, ">= 32"),
-            ("n_folds", self.n_folds >= 2, ">= 2"),
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("val_batch_size", self.val_batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
-            ("num_workers", self.num_workers >= 0, ">= 0"),
-            ("val_every", self.val_every >= 1, ">= 1"),
-            ("max_parallel_folds", self.max_parallel_folds >= 1, ">= 1"),
-            ("trainable_backbone_layers", 0 <= self.trainable_backbone_layers <= 5, "0..5"),
-            ("fpn_channels", self.fpn_channels >= 8, ">= 8"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise InputError(f"config field {name}={getattr(self, name)!r}: must be {expected}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Inverse of `to_dict`; unknown fields are an error so typos never pass silently."""
-        data = dict(data)
-        nested = {"augment": AugmentConfig, "postprocess": PostprocessConfig}
-        for name, sub_cls in nested.items():
-            if name in data and isinstance(data[name], Mapping):
-                data[name] = _build(sub_cls, data[name], prefix=f"{name}.")
-        return _build(cls, data)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -121,28 +92,6 @@ class RunConfig:
         """Short, stable digest of the whole configuration (cache keys, run comparison)."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
-        """Copy with fields replaced; keys may be dotted (`augment.rotate`), values may be
-        strings as typed on a command line (coerced to the field's type)."""
-        top: dict[str, Any] = {}
-        nested: dict[str, dict[str, Any]] = {}
-        for key, value in overrides.items():
-            head, _, rest = key.partition(".")
-            if rest:
-                nested.setdefault(head, {})[rest] = value
-            else:
-                top[key] = value
-        changes: dict[str, Any] = {k: _coerce(type(self), k, v) for k, v in top.items()}
-        for head, sub in nested.items():
-            current = getattr(self, head, None)
-            if not dataclasses.is_dataclass(current):
-                raise InputError(f"config override {head}.*: {head!r} is not a nested section")
-            sub_changes = {
-                k: _coerce(type(current), k, v, prefix=f"{head}.") for k, v in sub.items()
-            }
-            changes[head] = dataclasses.replace(changes.get(head, current), **sub_changes)
-        return dataclasses.replace(self, **changes)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:
@@ -217,72 +166,22 @@ def _default() -> RunConfig:
 def _ci() -> RunConfig:
     """Small enough to learn in minutes on two CPU cores: OOF mAP 0.47 and 0.45 on 300 easy
     synthetic images (two data seeds, tests/e2e/test_core_pipeline.py), about a minute a fold."""
-    return dataclasses.replace(
-        _default(),
-        preset="ci",
-        image_size=128,
-        n_folds=2,
-        backbone="resnet18",
-        pretrained=False,
-        fpn_channels=64,
-        epochs=10,
-        batch_size=4,
-        val_batch_size=16,
-        lr=1e-3,
-        num_workers=0,
+    return _default().with_overrides(
+        {
+            "preset": "ci",
+            "image_size": 128,
+            "n_folds": 2,
+            "backbone": "resnet18",
+            "pretrained": False,
+            "fpn_channels": 64,
+            "epochs": 10,
+            "batch_size": 4,
+            "val_batch_size": 16,
+            "lr": 1e-3,
+            "num_workers": 0,
+        }
     )
 
 
 _PRESETS = {"seed": _seed, "default": _default, "ci": _ci}
 PRESETS = tuple(_PRESETS)
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InputError(f"config: unknown field(s) {', '.join(prefix + u for u in unknown)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise InputError(f"config {prefix or 'run'}: {exc}") from None
-
-
-def _coerce(cls: type, name: str, value: Any, prefix: str = "") -> Any:
-    """Turn a command-line string into the field's declared type (int, float, bool, str,
-    Literal, Optional); non-strings are passed through for the dataclass to check."""
-    hints = typing.get_type_hints(cls)
-    if name not in hints:
-        raise InputError(f"config override {prefix}{name}: no such field")
-    if not isinstance(value, str):
-        return value
-    return _from_text(hints[name], value, f"{prefix}{name}")
-
-
-def _from_text(hint: Any, text: str, label: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and text.lower() in ("none", "null", ""):
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _from_text(arg, text, label)
-            except InputError:
-                continue
-        raise InputError(f"config override {label}={text!r}: expected {hint}")
-    if origin is Literal:
-        if text not in args:
-            raise InputError(f"config override {label}={text!r}: choose one of {args}")
-        return text
-    try:
-        if hint is bool:
-            lowered = text.lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return lowered in ("true", "1", "yes")
-        if hint in (int, float, str):
-            return hint(text)
-    except ValueError:
-        raise InputError(f"config override {label}={text!r}: expected {hint.__name__}") from None
-    raise InputError(f"config override {label}: fields of type {hint} cannot be set from text")

@@ -7,7 +7,6 @@ that did not see it, so the chosen threshold is the one the test set is most lik
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import re
@@ -39,7 +38,7 @@ def evaluate_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
     gt, targets = read_truth(store, config["dataset"], int(config["image_size"]), oof)
 
     best, tables = tune(oof, gt, configured)
-    tuned = dataclasses.replace(configured, **best)
+    tuned = configured.with_overrides(best)
     table = tables[tuned.shrink]
     values = table.image_scores(tuned.score_threshold, tuned.max_boxes)
     oof_map, scored = mean_scored(values)

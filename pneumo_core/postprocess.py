@@ -9,54 +9,32 @@ because the annotators' boxes were generous).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
+from pneumo_core.checked import CheckedModel
 from pneumo_core.errors import InputError
 
 Prediction = tuple[np.ndarray, np.ndarray]  # boxes xywh [N, 4], scores [N]
-FUSIONS = ("wbf", "nms", "none")
 
 
-@dataclass(frozen=True)
-class PostprocessConfig:
+class PostprocessConfig(CheckedModel):
     """score_threshold/max_boxes/shrink are the starting point; evaluate tunes them on the
     out-of-fold predictions when `tune` (and shrink when `tune_shrink`) is set."""
 
-    score_threshold: float = 0.5
-    max_boxes: int = 4
-    shrink: float = 1.0  # 1.0 = boxes unchanged
+    section: ClassVar[str] = "postprocess."
+
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    max_boxes: int = Field(4, ge=1)
+    shrink: float = Field(1.0, gt=0, le=1)  # 1.0 = boxes unchanged
     fusion: Literal["wbf", "nms", "none"] = "wbf"
-    fusion_iou: float = 0.55
-    skip_threshold: float = 0.05  # boxes below this never enter a fusion
+    fusion_iou: float = Field(0.55, gt=0, lt=1)
+    skip_threshold: float = Field(0.05, ge=0, lt=1)  # boxes below this never enter a fusion
     tune: bool = True
     tune_shrink: bool = True
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("score_threshold", 0 <= self.score_threshold <= 1, "in [0, 1]"),
-            ("max_boxes", self.max_boxes >= 1, ">= 1"),
-            ("shrink", 0 < self.shrink <= 1, "in (0, 1]"),
-            ("fusion", self.fusion in FUSIONS, f"one of {FUSIONS}"),
-            ("fusion_iou", 0 < self.fusion_iou < 1, "in (0, 1)"),
-            ("skip_threshold", 0 <= self.skip_threshold < 1, "in [0, 1)"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise InputError(f"postprocess.{name}={getattr(self, name)!r}: must be {expected}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PostprocessConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InputError(f"postprocess: unknown field(s) {', '.join(unknown)}")
-        return cls(**data)
 
 
 def shrink_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:

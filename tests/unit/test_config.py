@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from pneumo_core.augment import AugmentConfig
 from pneumo_core.config import PRESETS, RunConfig, parse_overrides, preset
@@ -97,5 +98,52 @@ def test_from_dict_rejects_unknown_fields():
 
 
 def test_config_is_frozen():
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         preset("ci").lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        ("lr=nan", "field lr="),
+        ("lr=inf", "field lr="),
+        ("lr=-1e-4", "field lr="),
+        ("lr=0", "field lr="),
+        ("weight_decay=-0.1", "field weight_decay="),
+        ("focal_alpha=1.5", "field focal_alpha="),
+        ("focal_alpha=-0.1", "field focal_alpha="),
+        ("seed=-1", "field seed="),
+        ("device=gpu", "field device="),
+        ("device=cuda:x", "field device="),
+        ("dataset=../raw", "field dataset="),
+        ("grad_clip=0", "field grad_clip="),
+        ("num_workers=-1", "field num_workers="),
+        ("tta_hflip=maybe", "field tta_hflip="),
+        ("postprocess.shrink=0", "field postprocess.shrink="),
+        ("augment.salt_pepper_size_min=0.5", "salt_pepper_size_min=0.5 must not exceed"),
+    ],
+)
+def test_every_field_has_a_checked_range(item, fragment):
+    with pytest.raises(InputError, match=fragment) as caught:
+        preset("ci", **parse_overrides([item]))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_device_syntax(device):
+    assert preset("ci", device=device).device == device
+
+
+def test_a_stored_config_with_a_wrong_type_names_the_field():
+    data = preset("ci").to_dict()
+    data["augment"]["hflip_p"] = "often"
+    data["epochs"] = 2.5
+    with pytest.raises(InputError, match=r"field epochs=.*; field augment\.hflip_p="):
+        RunConfig.from_dict(data)
+    with pytest.raises(InputError, match="expected a mapping"):
+        RunConfig.from_dict(["epochs", 3])  # type: ignore[arg-type]
+
+
+def test_python_construction_is_checked_too():
+    with pytest.raises(InputError, match="field lr="):
+        RunConfig(lr=float("nan"))
