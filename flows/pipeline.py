@@ -28,6 +28,7 @@ from tasks.evaluation import evaluate_run, promote, write_report
 from tasks.policy import result_storage
 from tasks.prediction import predict_test_images
 from tasks.training import create_run, train_fold_on_worker
+from tasks.weights import ensure_pretrained_weights
 
 FoldRunner = Literal["local", "deployment"]
 
@@ -84,6 +85,8 @@ def pipeline(
     storage_block = result_storage(uri)
     cached = {"result_storage": storage_block} if storage_block is not None else {}
 
+    if run_config.pretrained and not run_config.weights_path:
+        ensure_pretrained_weights(uri, run_config.backbone)  # first: no work lost offline
     ingested = _run_cached(
         ingest.with_options(**cached),
         store,
