@@ -17,15 +17,20 @@ SIZE = 256
 RUN = "run-1"
 
 
-def make_run(root, postprocess=None, grow=1.0, seed=0):
-    """40 patients in 2 folds; positives have 1-2 boxes. Every truth box is predicted with a
-    score in 0.6-0.9 (`grow` times its size, same centre); every image also gets 2 far-off
-    false positives scored 0.1-0.4. A threshold between 0.4 and 0.6 separates them."""
+SCORES = {"true": (0.6, 0.9), "false": (0.1, 0.4)}
+
+
+def make_run(root, postprocess=None, grow=1.0, seed=0, scores=None):
+    """40 patients in 2 folds of every kind; positives have 1-2 boxes. Every truth box is
+    predicted with a score in 0.6-0.9 (`grow` times its size, same centre); every image also
+    gets 2 far-off false positives scored 0.1-0.4. A threshold between 0.4 and 0.6 separates
+    them. `scores`: {fold: {"true": (lo, hi), "false": (lo, hi)}} to change the ranges."""
     rng = np.random.default_rng(seed)
     store = open_store(f"file://{root}")
     labels, boxes, oof = [], [], []
     for i in range(40):
-        pid, fold = f"p{i:02d}", i % 2
+        pid, fold = f"p{i:02d}", (i // 4) % 2
+        ranges = (scores or {}).get(fold, SCORES)
         n = [0, 1, 2, 0][i % 4]
         labels.append((pid, "Lung Opacity" if n else "Normal", int(n > 0), n))
         for j in range(n):
@@ -33,9 +38,9 @@ def make_run(root, postprocess=None, grow=1.0, seed=0):
             boxes.append((pid, x, y, w, h, x / 4, y / 4, w / 4, h / 4))
             cx, cy = x + w / 2, y + h / 2
             gw, gh = w * grow, h * grow
-            oof.append((pid, fold, rng.uniform(0.6, 0.9), cx - gw / 2, cy - gh / 2, gw, gh))
+            oof.append((pid, fold, rng.uniform(*ranges["true"]), cx - gw / 2, cy - gh / 2, gw, gh))
         for _ in range(2):
-            oof.append((pid, fold, rng.uniform(0.1, 0.4), 850.0, 850.0, 100.0, 100.0))
+            oof.append((pid, fold, rng.uniform(*ranges["false"]), 850.0, 850.0, 100.0, 100.0))
     prefix = f"prepared/{DATASET}/{SIZE}"
     store.put_text(f"{prefix}/labels.csv", csv(labels, "patientId,class,target,n_boxes"))
     store.put_text(
@@ -71,6 +76,7 @@ def test_tuning_finds_the_threshold_that_separates_good_from_bad_boxes(tmp_path)
     far_off = oof["x"] == 850
     assert oof.loc[far_off, "score"].max() < result["threshold"] <= oof.loc[~far_off, "score"].min()
     assert result["oof_map"] == 1.0 and result["max_boxes"] >= 2 and result["shrink"] == 1.0
+    assert result["oof_map_in_sample"] == 1.0 and result["tuning"] == "cross-fitted"
     assert result["images"] == 40 and result["images_scored"] == 20  # negatives: no box left
     assert result["has_box"] == {
         "precision": 1.0, "recall": 1.0, "tp": 20, "fp": 0, "fn": 0, "tn": 20,
@@ -82,6 +88,34 @@ def test_tuning_finds_the_threshold_that_separates_good_from_bad_boxes(tmp_path)
     # the configured threshold (0.5 by default) was already good; max_boxes 4 as well
     assert result["map_at_configured_postprocess"] == 1.0
     assert store.get_json(f"runs/{RUN}/evaluation.json") == result
+
+
+def test_each_fold_is_scored_with_the_setting_tuned_on_the_other_folds(tmp_path):
+    """Fold 0 separates at 0.6-0.8, fold 1 at 0.2-0.4: no threshold suits both, and each
+    fold scored with the other's threshold does worse than the in-sample figure claims."""
+    scores = {
+        0: {"true": (0.8, 0.9), "false": (0.5, 0.6)},
+        1: {"true": (0.4, 0.45), "false": (0.1, 0.2)},
+    }
+    store = make_run(tmp_path, postprocess={"tune_shrink": False}, scores=scores)
+    result = evaluate_run(store, RUN)
+    fold0, fold1 = result["per_fold"]
+    assert 0.2 <= fold0["tuned_on_other_folds"]["score_threshold"] <= 0.4
+    assert 0.6 <= fold1["tuned_on_other_folds"]["score_threshold"] <= 0.8
+    assert fold1["map"] == 0.0  # every true box of fold 1 is below fold 0's threshold
+    assert fold0["map"] < 1.0  # fold 0's false positives pass fold 1's threshold
+    assert result["oof_map"] < result["oof_map_in_sample"] < 1.0
+    assert result["oof_map_se"] > 0
+    # the submission keeps the setting tuned on all folds
+    assert result["postprocess"]["score_threshold"] == result["threshold"]
+
+
+def test_a_single_fold_uses_the_configured_setting(tmp_path):
+    store = make_run(tmp_path, postprocess={"score_threshold": 0.05, "tune_shrink": False})
+    store.delete_prefix(f"runs/{RUN}/fold-1/")
+    result = evaluate_run(store, RUN)
+    assert result["tuning"].startswith("configured")
+    assert result["oof_map"] < result["oof_map_in_sample"] == 1.0  # 0.05 keeps false positives
 
 
 def test_max_boxes_one_costs_the_second_box(tmp_path):
