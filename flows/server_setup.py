@@ -6,9 +6,12 @@ them in the default `env` of every flow run. The worker resolves those reference
 starts a run, so a deployment only ever holds names. Run where the values are in the
 environment (the compose worker does, at start-up):
 
-    python -m flows.server_setup --pool gpu-docker --type docker
+    python -m flows.server_setup --pool gpu-docker --type docker --network pneumo
     python -m flows.server_setup --pool gpu-k8s --type kubernetes \
         --template deployments/k8s/base-job-template.json
+
+What differs between hosts for the flow-run containers (their network, whether the image
+is pulled) is a pool default set here, so deployments/prefect.yaml stays one file.
 """
 
 from __future__ import annotations
@@ -61,6 +64,25 @@ def with_run_env(template: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def with_job_defaults(template: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a base job template with new defaults for some of its variables."""
+    result = json.loads(json.dumps(template))
+    variables = result["variables"]["properties"]
+    unknown = sorted(set(defaults) - set(variables))
+    if unknown:
+        raise ValueError(f"the base job template has no variable {', '.join(unknown)}")
+    for name, value in defaults.items():
+        variables[name]["default"] = value
+    return result
+
+
+def network_defaults(network: str | None) -> dict[str, Any]:
+    """Docker pool defaults: `host` is a network mode, any other name a network to join."""
+    if network == "host":
+        return {"network_mode": "host"}
+    return {"networks": [network]} if network else {}
+
+
 async def pool_template(pool_type: str, template: Path | None) -> dict[str, Any]:
     """The template file, or the installed worker type's default, with the run env added."""
     if template is not None:
@@ -74,7 +96,12 @@ async def pool_template(pool_type: str, template: Path | None) -> dict[str, Any]
 
 
 async def setup_server(
-    pool: str, pool_type: str, template: Path | None, gpu_limit: int, environ: dict[str, str]
+    pool: str,
+    pool_type: str,
+    template: Path | None,
+    gpu_limit: int,
+    environ: dict[str, str],
+    job_defaults: dict[str, Any] | None = None,
 ) -> None:
     """Idempotent: re-running updates blocks, variables, the pool and the limit in place."""
     from prefect.blocks.system import Secret
@@ -86,7 +113,9 @@ async def setup_server(
         await Secret(value=environ.get(name, "")).save(secret_block_name(name), overwrite=True)
     for name in SETTING_ENV:
         await Variable.aset(variable_name(name), environ.get(name, ""), overwrite=True)
-    base_job_template = await pool_template(pool_type, template)
+    base_job_template = with_job_defaults(
+        await pool_template(pool_type, template), job_defaults or {}
+    )
     async with get_client() as client:
         await client.create_work_pool(
             WorkPoolCreate(name=pool, type=pool_type, base_job_template=base_job_template),
@@ -114,9 +143,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=int(os.environ.get("GPU_TRAIN_LIMIT", "1")),
         help=f"concurrency limit for the {GPU_TRAIN_TAG!r} tag (env GPU_TRAIN_LIMIT)",
     )
+    parser.add_argument(
+        "--network",
+        help="docker pools: the network of flow-run containers (`host`: the host's network)",
+    )
+    parser.add_argument(
+        "--image-pull-policy",
+        choices=("IfNotPresent", "Always", "Never"),
+        help="docker and kubernetes pools: when the worker pulls the flow-run image",
+    )
     args = parser.parse_args(argv)
+    if args.network and args.pool_type != "docker":
+        parser.error("--network is for docker pools")
+    defaults = network_defaults(args.network)
+    if args.image_pull_policy:
+        defaults["image_pull_policy"] = args.image_pull_policy
     asyncio.run(
-        setup_server(args.pool, args.pool_type, args.template, args.gpu_limit, dict(os.environ))
+        setup_server(
+            args.pool,
+            args.pool_type,
+            args.template,
+            args.gpu_limit,
+            dict(os.environ),
+            defaults,
+        )
     )
     return 0
 

@@ -103,8 +103,9 @@ def test_gpu_pools_take_the_deployments_as_documented(api: PrefectServer, tmp_pa
     ]
     assert pipeline.work_pool_name == names.GPU_WORK_POOL
     assert pipeline.parameters["storage"] == storage["PNEUMO_STORAGE"]
-    assert pipeline.job_variables["container_create_kwargs"]["device_requests"] == [
-        {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}
+    assert "device_requests" not in pipeline.job_variables.get("container_create_kwargs", {})
+    assert train_fold.job_variables["container_create_kwargs"]["device_requests"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": [["gpu"]]}
     ]
     assert train_fold.work_pool_name == "gpu-k8s"
 

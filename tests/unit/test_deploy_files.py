@@ -1,8 +1,8 @@
 """The deployment files: prefect.yaml, the pool templates, the Dockerfile and compose stack.
 
-Docker cannot run here, so these check what can be checked without it, with the tools that
-consume the files (Prefect's prefect.yaml model and template validation, docker-py's build
-context rules, hadolint).
+These check the files with the tools that consume them (Prefect's prefect.yaml model and
+template validation, docker-py's DeviceRequest and build context rules, the kubernetes
+client's models, hadolint); tests/docker builds and runs them on a real engine.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ COMPOSE = REPO / "docker" / "compose.yaml"
 ENV_EXAMPLE = REPO / "docker" / "env.example"
 SERVERS_DOC = REPO / "docs" / "servers.md"
 
-DEVICE_REQUESTS = [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
+ONE_GPU = [{"driver": "nvidia", "count": 1, "capabilities": [["gpu"]]}]
+GPU_DEPLOYMENTS = (names.TRAIN_FOLD_DEPLOYMENT_NAME, names.PREDICT_DEPLOYMENT_NAME)
 SECRET_WORDS = re.compile(r"KEY|SECRET|PASSWORD|TOKEN", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?[-?][^}]*)?\}")
 
@@ -129,27 +130,55 @@ def test_the_pipeline_retrains_weekly_on_the_gpu_workers() -> None:
     assert minute.isdigit() and hour.isdigit()
 
 
-def test_gpu_deployments_request_gpus_exactly_as_designed() -> None:
+def test_gpu_jobs_ask_for_one_gpu_and_the_pipeline_for_none() -> None:
     import docker.types
 
-    for name in (names.TRAIN_FOLD_DEPLOYMENT_NAME, names.PIPELINE_DEPLOYMENT_NAME):
-        pool = deployments()[name]["work_pool"]
+    for name, d in deployments().items():
+        pool = d["work_pool"]
         assert pool["name"] == names.GPU_WORK_POOL
-        requests = pool["job_variables"]["container_create_kwargs"]["device_requests"]
-        assert requests == DEVICE_REQUESTS
-        assert [docker.types.DeviceRequest(**r)["Count"] for r in requests] == [-1]
+        kwargs = pool["job_variables"].get("container_create_kwargs", {})
+        if name in GPU_DEPLOYMENTS:
+            assert kwargs["device_requests"] == ONE_GPU, name
+            assert [docker.types.DeviceRequest(**r)["Count"] for r in ONE_GPU] == [1]
+            assert pool["job_variables"]["gpu_count"] == "1", name  # the Kubernetes pool's
+        else:  # the orchestrating pipeline waits for its folds: it holds no GPU
+            assert "device_requests" not in kwargs and "gpu_count" not in pool["job_variables"]
 
 
-def test_job_variables_are_docker_pool_variables() -> None:
+def test_each_fold_gets_its_own_gpu_and_keeps_the_deployments_kwargs() -> None:
+    import docker.types
+
+    from flows.gpu_jobs import gpu_job_variables
+
+    job_variables = deployments()[names.TRAIN_FOLD_DEPLOYMENT_NAME]["work_pool"]["job_variables"]
+    given = job_variables["container_create_kwargs"]
+    for fold, gpu in ((0, "0"), (1, "1"), (2, "0"), (3, "1")):
+        kwargs = gpu_job_variables(job_variables, "docker", fold, 2)["container_create_kwargs"]
+        (request,) = kwargs.pop("device_requests")
+        assert docker.types.DeviceRequest(**request)["DeviceIDs"] == [gpu]
+        assert docker.types.DeviceRequest(**request)["Count"] == 0  # not "all GPUs"
+        assert kwargs == {k: v for k, v in given.items() if k != "device_requests"}
+        assert kwargs["shm_size"] == "8g"
+    cpu = gpu_job_variables(job_variables, "docker", 1, 0)["container_create_kwargs"]
+    assert "device_requests" not in cpu and cpu["shm_size"] == "8g"
+    assert gpu_job_variables(job_variables, "kubernetes", 1, 2) == {}  # the scheduler's job
+    with pytest.raises(ValueError, match="gpus_per_worker"):
+        gpu_job_variables(job_variables, "docker", 0, -1)
+
+
+def test_job_variables_are_pool_variables() -> None:
+    """Each deployment's job variables are the Docker pool's, plus the Kubernetes pool's
+    `gpu_count` (a Docker worker ignores it), so the same file serves both pools."""
     from prefect.utilities.schema_tools import validate
 
-    template = asyncio.run(pool_template("docker", None))
-    variables = template["variables"]
+    variables = asyncio.run(pool_template("docker", None))["variables"]
+    k8s_variables = json.loads(K8S_TEMPLATE.read_text())["variables"]["properties"]
     for name, d in deployments().items():
         job_variables = d["work_pool"]["job_variables"]
-        assert set(job_variables) <= set(variables["properties"]), name
+        assert set(job_variables) <= {*variables["properties"], *k8s_variables}, name
         assert job_variables["image"] == "{{ build-image.image }}"
-        assert job_variables["networks"] == [compose()["networks"]["default"]["name"]]
+        # the network and pull policy differ per host: pool defaults (flows/server_setup.py)
+        assert not {"networks", "network_mode", "image_pull_policy"} & set(job_variables)
         validate(job_variables, variables, raise_on_error=True, preprocess=True)
 
 
@@ -159,7 +188,13 @@ def test_no_credentials_in_prefect_yaml() -> None:
         env = d["work_pool"]["job_variables"].get("env", {})
         assert not [key for key in env if SECRET_WORDS.search(key)], d["name"]
     deploy_time_env = {m for s in strings(raw) for m in re.findall(r"\{\{\s*\$(\w+)\s*\}\}", s)}
-    assert deploy_time_env == {"PNEUMO_IMAGE", "PNEUMO_STORAGE"}
+    assert deploy_time_env == {
+        "PNEUMO_IMAGE",
+        "PNEUMO_STORAGE",
+        "PNEUMO_BASE_IMAGE",
+        "PNEUMO_BUILD_PULL",
+        "PNEUMO_BUILD_NETWORK",
+    }
     assert not [s for s in strings(raw) if "prefect.blocks" in s]
 
 
@@ -182,28 +217,64 @@ def test_pool_templates_reference_the_credentials_by_name() -> None:
         assert template["variables"]["properties"]["env"]["default"].items() >= env.items()
 
 
-def test_kubernetes_template_requests_gpus() -> None:
-    from prefect.server.schemas.actions import validate_base_job_template
+def rendered_k8s_job(job_variables: dict[str, Any]) -> dict[str, Any]:
+    """The Job manifest the Kubernetes worker submits for these job variables: the template
+    filled with its defaults and the variables, then env and command in the container's form
+    (the worker turns the env dict into name/value pairs and splits the command)."""
     from prefect.utilities.templating import apply_values
 
     template = json.loads(K8S_TEMPLATE.read_text())
-    validate_base_job_template(template)
-    defaults = {
+    values = {
         key: spec["default"]
         for key, spec in template["variables"]["properties"].items()
         if "default" in spec
     }
-    assert defaults["gpu_count"] >= 1
-    job = apply_values(template["job_configuration"], defaults)["job_manifest"]
-    pod = job["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    resources = container["resources"]
-    assert resources["limits"]["nvidia.com/gpu"] == defaults["gpu_count"]
-    assert resources["requests"]["nvidia.com/gpu"] == defaults["gpu_count"]
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
-        pod["tolerations"]
-    )
-    assert container["securityContext"]["runAsNonRoot"] is True
+    values |= {"name": "pneumo-run", "command": "prefect flow-run execute", "labels": {}}
+    values |= {k: v for k, v in job_variables.items() if k in template["variables"]["properties"]}
+    job = apply_values(template["job_configuration"], values)["job_manifest"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    container["env"] = [{"name": k, "value": v} for k, v in container["env"].items()]
+    container["args"] = container["args"].split()
+    return job
+
+
+def test_kubernetes_jobs_are_valid_batch_v1_jobs() -> None:
+    """A round trip through the kubernetes client's V1Job drops whatever is out of place
+    (its models ignore unknown keys), so the manifest must come back unchanged."""
+    from kubernetes.client import ApiClient
+    from prefect.server.schemas.actions import validate_base_job_template
+
+    validate_base_job_template(json.loads(K8S_TEMPLATE.read_text()))
+    api = ApiClient()
+    gpus = {}
+    for name, d in deployments().items():
+        job = rendered_k8s_job(d["work_pool"]["job_variables"])
+        assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+        model = api._ApiClient__deserialize(job, "V1Job")
+        assert api.sanitize_for_serialization(model) == job, name
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        resources = container["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"]
+        gpus[name] = resources["limits"]["nvidia.com/gpu"]
+        assert container["securityContext"]["runAsNonRoot"] is True
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+            pod["tolerations"]
+        )
+    assert gpus == {
+        names.PIPELINE_DEPLOYMENT_NAME: "0",
+        names.TRAIN_FOLD_DEPLOYMENT_NAME: "1",
+        names.PREDICT_DEPLOYMENT_NAME: "1",
+    }
+
+
+def test_a_job_field_in_the_wrong_place_fails_the_round_trip() -> None:
+    from kubernetes.client import ApiClient
+
+    job = rendered_k8s_job({})
+    job["spec"]["template"]["spec"]["parallelism"] = 1  # belongs to the Job spec
+    api = ApiClient()
+    assert api.sanitize_for_serialization(api._ApiClient__deserialize(job, "V1Job")) != job
 
 
 # --- Dockerfile -----------------------------------------------------------------------------
@@ -229,13 +300,15 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_layers_dependencies_before_source_and_drops_root() -> None:
     steps = dockerfile_instructions()
-    bases = [args.split()[0] for op, args in steps if op == "FROM"]
-    assert all(re.fullmatch(r"[\w./-]+:\d[\w.-]*", base) for base in bases), bases
-    assert any(base.startswith("nvidia/cuda:") for base in bases)
-    copies = [args for op, args in steps if op == "COPY" and "--from" not in args]
-    assert copies[0].startswith("pyproject.toml"), "dependencies must install before the source"
+    (base,) = [args for op, args in steps if op == "FROM"]  # one stage, nothing fetched
+    default = re.fullmatch(r"\$\{BASE_IMAGE:-([\w./-]+:\d[\w.-]*)\}", base)
+    assert default and default[1].startswith("nvidia/cuda:"), base  # a pinned CUDA default
+    assert not [args for op, args in steps if "--mount" in args or "--from" in args]  # no BuildKit
+    copies = [args for op, args in steps if op == "COPY"]
+    assert copies[0] == "requirements.lock ./", "the locked dependencies install before the source"
     runs = [i for i, (op, _) in enumerate(steps) if op == "RUN"]
-    deps = next(i for i in runs if "-r pyproject.toml" in steps[i][1])
+    deps = next(i for i in runs if "-r requirements.lock" in steps[i][1])
+    assert "--require-hashes --no-deps" in steps[deps][1]
     source = next(i for i, (op, args) in enumerate(steps) if op == "COPY" and "flows" in args)
     assert deps < source
     users = [args for op, args in steps if op == "USER"]
@@ -291,7 +364,8 @@ def test_compose_runs_the_whole_stack_with_healthchecks() -> None:
     assert worker["build"]["dockerfile"] == "docker/Dockerfile"
     assert (COMPOSE.parent / worker["build"]["context"] / "docker" / "Dockerfile").is_file()
     command = " ".join(worker["command"])
-    assert f"--pool {names.GPU_WORK_POOL} --type docker" in command
+    network = compose()["networks"]["default"]["name"]
+    assert f"--pool {names.GPU_WORK_POOL} --type docker --network {network}" in command
     assert "flows.server_setup" in command
     assert worker["environment"].keys() >= {*SECRET_ENV, *SETTING_ENV}
     for dependency in worker["depends_on"].values():
@@ -355,3 +429,26 @@ def test_servers_doc_uses_the_files_names() -> None:
         deployments()[names.PIPELINE_DEPLOYMENT_NAME]["schedules"][0]["cron"],
     ):
         assert needle in doc, needle
+
+
+def test_pool_defaults_carry_what_differs_between_hosts() -> None:
+    from prefect.server.schemas.actions import validate_base_job_template
+
+    from flows.server_setup import network_defaults, with_job_defaults
+
+    docker = asyncio.run(pool_template("docker", None))
+    for network, expected in (
+        ("host", {"network_mode": "host"}),
+        ("pneumo", {"networks": ["pneumo"]}),
+    ):
+        defaults = {**network_defaults(network), "image_pull_policy": "Never"}
+        template = with_job_defaults(docker, defaults)
+        validate_base_job_template(template)
+        properties = template["variables"]["properties"]
+        assert {k: properties[k]["default"] for k in defaults} == {
+            **expected,
+            "image_pull_policy": "Never",
+        }
+    assert network_defaults(None) == {}
+    with pytest.raises(ValueError, match="no variable gpus"):
+        with_job_defaults(docker, {"gpus": 1})
