@@ -324,6 +324,9 @@ ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_run,
     add_demo,
     operate_cli.add_submit,
+    operate_cli.add_runs,
+    operate_cli.add_champion,
+    operate_cli.add_compare,
     weights_cli.add_weights,
 ]
 

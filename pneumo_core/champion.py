@@ -101,8 +101,8 @@ def promote_if_better(
 ) -> Decision:
     """Decide against the stored champion and record the new one when promoted."""
     decision = decide(new, read_champion(store), margin)
-    if decision.promoted:
-        store.put_json(CHAMPION_KEY, new.to_dict())
+    if decision.promoted:  # the reason is kept for `pneumo champion`; from_dict ignores it
+        store.put_json(CHAMPION_KEY, {**new.to_dict(), "reason": decision.reason})
     return decision
 
 

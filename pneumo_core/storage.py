@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import functools
 import json
 import os
 import random
@@ -128,7 +129,11 @@ class ObjectStore(ABC):
     def url(self, key: str) -> str: ...
 
     @abstractmethod
-    def presigned_url(self, key: str, expires_s: int = 7 * 86400) -> str | None: ...
+    def presigned_url(
+        self, key: str, expires_s: int = 7 * 86400, endpoint_url: str | None = None
+    ) -> str | None:
+        """An http(s) GET link (None where the store has none); `endpoint_url` signs it
+        for another address of the same server, e.g. the one a browser reaches."""
 
     @contextlib.contextmanager
     def writing_file(self, key: str) -> Iterator[Path]:
@@ -253,7 +258,9 @@ class LocalStore(ObjectStore):
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
 
-    def presigned_url(self, key: str, expires_s: int = 7 * 86400) -> str | None:
+    def presigned_url(
+        self, key: str, expires_s: int = 7 * 86400, endpoint_url: str | None = None
+    ) -> str | None:
         check_key(key)
         return None
 
@@ -360,6 +367,7 @@ class S3Store(ObjectStore):
             response_checksum_validation="when_required",
         )
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._new_client = functools.partial(session.client, "s3", config=config)
         self.endpoint = self._client.meta.endpoint_url
         self._transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
@@ -593,9 +601,14 @@ class S3Store(ObjectStore):
                 stale.unlink(missing_ok=True)
         return path
 
-    def presigned_url(self, key: str, expires_s: int = 7 * 86400) -> str | None:
+    def presigned_url(
+        self, key: str, expires_s: int = 7 * 86400, endpoint_url: str | None = None
+    ) -> str | None:
         full = self._full(check_key(key))
-        return self._client.generate_presigned_url(
+        client = self._client
+        if endpoint_url and endpoint_url.rstrip("/") != self.endpoint.rstrip("/"):
+            client = self._new_client(endpoint_url=endpoint_url)  # signing only: no request
+        return client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_s
         )
 

@@ -27,9 +27,9 @@ def test_first_run_becomes_champion_and_is_recorded(store):
     stored = champion.read_champion(store)
     assert stored == decision.candidate
     assert champion.champion_run_id(store) == "run-a"
-    assert set(store.get_json(champion.CHAMPION_KEY)) == {
-        "run_id", "oof_map", "config_hash", "created"
-    }  # fmt: skip
+    record = store.get_json(champion.CHAMPION_KEY)
+    assert set(record) == {"run_id", "oof_map", "config_hash", "created", "reason"}
+    assert record["reason"] == decision.reason  # `pneumo champion` says why it won
 
 
 @pytest.mark.parametrize(
