@@ -18,6 +18,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.deployment_names import PIPELINE_FLOW, TRAIN_FOLD_DEPLOYMENT
+from flows.gpu_jobs import deployment_gpu_jobs
 from flows.train_fold import train_fold_flow
 from pneumo_core import champion, config, kaggle
 from pneumo_core.errors import InputError
@@ -67,12 +68,15 @@ def pipeline(
     max_parallel_folds: int | None = None,
     promotion_margin: float = champion.DEFAULT_MARGIN,
     fold_deployment: str = TRAIN_FOLD_DEPLOYMENT,
+    gpus_per_worker: int = 1,
 ) -> dict[str, Any]:
     """Train and evaluate one run end to end; returns where its outputs are.
 
     `run_id` names an existing run to resume (its stored configuration wins) or a new one;
     `folds` limits training to some folds (None: all); `max_parallel_folds` caps the local
-    runner (None: one per GPU, else the configuration's value, 1 on CPU).
+    runner (None: one per GPU, else the configuration's value, 1 on CPU);
+    `gpus_per_worker` is N of the deployment runner: fold k gets GPU k mod N of its Docker
+    worker's host (0: no GPU).
     """
     logger = get_run_logger()
     store = open_store(storage)
@@ -109,7 +113,7 @@ def pipeline(
     )
     run_id = create_run(uri, run_config.to_dict(), run_id)
     if fold_runner == "deployment":
-        _train_on_workers(fold_deployment, uri, run_id, chosen)
+        _train_on_workers(fold_deployment, uri, run_id, chosen, gpus_per_worker)
     else:
         gpus = _gpu_count(run_config)
         parallel = max_parallel_folds or (gpus if gpus > 1 else run_config.max_parallel_folds)
@@ -187,9 +191,13 @@ def _train_here(storage: str, run_id: str, folds: list[int], parallel: int, gpus
             future.result()
 
 
-def _train_on_workers(deployment: str, storage: str, run_id: str, folds: list[int]) -> None:
-    """One `train-fold` deployment run per fold, all at once; waits for every one."""
-    futures = train_fold_on_worker.map(unmapped(deployment), storage, run_id, folds)
+def _train_on_workers(
+    deployment: str, storage: str, run_id: str, folds: list[int], gpus_per_worker: int
+) -> None:
+    """One `train-fold` deployment run per fold, all at once, each on its own GPU (fold k:
+    GPU k mod gpus_per_worker); waits for every one."""
+    job_variables = deployment_gpu_jobs(deployment, folds, gpus_per_worker)
+    futures = train_fold_on_worker.map(unmapped(deployment), storage, run_id, folds, job_variables)
     wait(futures)  # let every fold finish before the first failure ends the pipeline
     for future in futures:
         future.result()

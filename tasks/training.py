@@ -17,6 +17,7 @@ from flows.deployment_names import GPU_TRAIN_TAG
 from pneumo_core import train
 from pneumo_core.config import RunConfig
 from pneumo_core.errors import PneumoError
+from pneumo_core.run_ids import key_slug
 from pneumo_core.storage import open_store
 from tasks.policy import RETRY_OPTIONS
 
@@ -37,7 +38,8 @@ def create_run(storage: str, config: dict[str, Any], run_id: str | None) -> str:
 
 
 def progress_key(run_id: str, fold: int) -> str:
-    return f"train-{run_id}-fold-{fold}".lower()
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return f"train-{key_slug(run_id)}-fold-{fold}"
 
 
 @task(name="train-fold", tags=[GPU_TRAIN_TAG], task_run_name="train-fold-{fold}", **RETRY_OPTIONS)
@@ -75,14 +77,23 @@ def train_fold(storage: str, run_id: str, fold: int) -> dict:
     task_run_name="train-fold-{fold}-on-worker",
     **(RETRY_OPTIONS | {"retries": FOLD_RETRIES}),
 )
-def train_fold_on_worker(deployment: str, storage: str, run_id: str, fold: int) -> dict:
+def train_fold_on_worker(
+    deployment: str,
+    storage: str,
+    run_id: str,
+    fold: int,
+    job_variables: dict[str, Any] | None = None,
+) -> dict:
     """Start the fold's `train-fold` deployment run and wait; raise unless it completed.
 
     Flow retries do not cover a Crashed child (killed container, out of memory); this task's
     retries do, each starting a fresh child that resumes from the fold's last checkpoint.
+    `job_variables` (the fold's own GPU, flows/gpu_jobs.py) apply to this run only.
     """
     parameters = {"run_id": run_id, "fold": fold, "storage": storage}
-    flow_run = run_deployment(deployment, parameters=parameters, timeout=None)
+    flow_run = run_deployment(
+        deployment, parameters=parameters, job_variables=job_variables, timeout=None
+    )
     state = flow_run.state
     if state is None or not state.is_completed():
         kind = state.type.value if state is not None else "UNKNOWN"
