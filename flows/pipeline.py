@@ -15,13 +15,14 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.futures import wait
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.deployment_names import PIPELINE_FLOW, TRAIN_FOLD_DEPLOYMENT
 from flows.gpu_jobs import deployment_gpu_jobs
 from flows.train_fold import train_fold_flow
 from pneumo_core import champion, config, kaggle
-from pneumo_core.errors import InputError
+from pneumo_core.errors import InputError, PneumoError
 from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import load_run_config, run_key
 from tasks.data import ingest, prepare_dataset, source_fingerprint
@@ -119,22 +120,30 @@ def pipeline(
         parallel = max_parallel_folds or (gpus if gpus > 1 else run_config.max_parallel_folds)
         _train_here(uri, run_id, chosen, parallel, gpus if parallel > 1 else 0)
 
-    evaluation = evaluate_run(uri, run_id)
-    submission = predict_test_images(uri, run_id)
     trained = [
         f for f in range(run_config.n_folds) if store.exists(run_key(run_id, f"fold-{f}/done.json"))
     ]
+    evaluation = _stored_evaluation(store, run_id, trained) or evaluate_run(uri, run_id)
+    # A failed prediction must not cost the trained run its evaluation, decision and report:
+    # it is recorded, and raised once everything else is stored (a resume redoes only it).
+    prediction = _prediction_outcome(predict_test_images(uri, run_id, return_state=True))
     decision = None
     if len(trained) == run_config.n_folds:
         decision = promote(uri, run_id, evaluation["oof_map"], promotion_margin)
     else:
         logger.info("no promotion decision: folds %s of %d trained", trained, run_config.n_folds)
-    outputs = write_report(uri, run_id, evaluation, trained, decision)
+    outputs = write_report(uri, run_id, evaluation, trained, decision, prediction)
+    if "error" in prediction:
+        raise PneumoError(
+            f"run {run_id}: the last step, predict-test-images, failed: {prediction['error']} "
+            "(evaluation, promotion decision and report are stored; resuming with this run id "
+            "redoes only this step)"
+        )
     summary = {
         "run_id": run_id,
         "oof_map": evaluation["oof_map"],
         "threshold": evaluation["threshold"],
-        "submission": submission,
+        "submission": prediction["submission"],
         "promoted": bool(decision and decision.promoted),
         "promotion": decision.reason if decision else "not decided: not every fold trained",
         **outputs,
@@ -151,6 +160,28 @@ def _resolve_config(
         get_run_logger().info("resuming run %s with its stored configuration", run_id)
         return load_run_config(store, run_id)
     return config.preset(preset, **overrides)
+
+
+def _stored_evaluation(store: ObjectStore, run_id: str, trained: list[int]) -> dict | None:
+    """evaluation.json of a resumed run when it already covers exactly the trained folds."""
+    key = run_key(run_id, "evaluation.json")
+    if not store.exists(key):
+        return None
+    stored = store.get_json(key)
+    if sorted(int(f["fold"]) for f in stored.get("per_fold") or []) != trained:
+        return None
+    get_run_logger().info("evaluation of run %s covers folds %s already: reused", run_id, trained)
+    return stored
+
+
+def _prediction_outcome(state: State) -> dict[str, Any]:
+    """The predict task's result, or {"error": its message} when it failed."""
+    if state.is_completed():
+        return state.result()
+    error = state.result(raise_on_failure=False)
+    message = str(error) if isinstance(error, BaseException) else state.message
+    get_run_logger().error("predict-test-images failed: %s", message)
+    return {"error": message}
 
 
 def _run_cached(step: Any, store: ObjectStore, marker: str, **parameters: Any) -> dict:

@@ -7,18 +7,23 @@ original pixel size before they are written.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torchvision.models.detection import RetinaNet
 
 from pneumo_core import postprocess, submission
 from pneumo_core.config import RunConfig
 from pneumo_core.data import PreparedCache
-from pneumo_core.errors import InputError, PneumoError
+from pneumo_core.dicom import DicomError
+from pneumo_core.errors import InputError, ObjectNotFound, PneumoError
 from pneumo_core.model import Detection, ModelInfo, build_model, detect_batch
 from pneumo_core.prepare import decode_resized
 from pneumo_core.progress import progress_reporter
@@ -38,7 +43,8 @@ def predict_images(
     overlays: Path | None = None,
 ) -> Path:
     """Predict every DICOM under `images` (folder, one .dcm, or a file:// or s3:// prefix) into the
-    submission CSV `out`; optionally one overlay PNG per image into `overlays`."""
+    submission CSV `out`; optionally one overlay PNG per image into `overlays`. An unreadable
+    DICOM gets an empty PredictionString and a warning naming it, so one bad file costs one row."""
     config = load_run_config(store, run_id)
     device = resolve_device(config.device)
     models = load_fold_models(store, run_id, config, device)
@@ -51,34 +57,122 @@ def predict_images(
     size = config.image_size
     with progress_reporter(f"predict {len(sources)} image(s)", len(sources)) as advance:
         for chunk in _chunks(sources, BATCH):
-            decoded = [decode_resized(read(), size) for _, read in chunk]
-            tensors = [
-                torch.from_numpy(np.ascontiguousarray(p)).float().div_(255).unsqueeze_(0)
-                for p, _ in decoded
-            ]
-            with torch.no_grad():
-                fused = detect_batch(models, [t.to(device) for t in tensors], config)
-            for (name, _), (pixels, meta), (boxes, scores) in zip(
-                chunk, decoded, fused, strict=True
-            ):
-                boxes, scores = postprocess.apply(boxes, scores, post)
-                sx, sy = meta["cols"] / size, meta["rows"] / size
-                original = boxes * np.array([sx, sy, sx, sy])
+            decoded = [(name, _decode_named(name, read, size)) for name, read in chunk]
+            for name, image in decoded:
+                if image is None:
+                    _add_row(rows, name, Path(name).stem, _NO_BOX)
+            readable = [(name, d) for name, d in decoded if d is not None]
+            fused = _detect(models, [p for _, (p, _) in readable], config, post, device)
+            for (name, (pixels, meta)), (boxes, scores) in zip(readable, fused, strict=True):
                 patient_id = meta.get("patientId") or Path(name).stem
-                if patient_id in rows:
-                    raise InputError(f"{name}: patient {patient_id} appears in two DICOMs")
-                rows[patient_id] = (original, scores)
+                _add_row(rows, name, patient_id, _to_original(boxes, scores, meta, size))
                 if overlays is not None:
                     gt = truth.get(patient_id)
                     _write_overlay(overlays / f"{patient_id}.png", pixels, boxes, scores, gt)
             advance(len(chunk))
-    out = Path(out)
+    return _write_checked(rows, Path(out))
+
+
+@dataclass(frozen=True)
+class TestSetPrediction:
+    """A submission for the test images that prepare recorded, and the ones it quarantined."""
+
+    path: Path
+    predicted: int  # images with a model prediction
+    quarantined: list[dict[str, str]]  # patientId, key, reason: empty PredictionString each
+
+
+def predict_test_set(store: ObjectStore, run_id: str, out: str | Path) -> TestSetPrediction:
+    """The competition's test images as `prepare` recorded them from the manifest: the cached
+    pixels (decoded exactly as training saw them, never re-read from the raw folder, so objects
+    of an earlier ingest never enter) and an empty PredictionString for each quarantined one."""
+    config = load_run_config(store, run_id)
+    cache = PreparedCache(store, config.dataset, config.image_size)
+    device = resolve_device(config.device)
+    models = load_fold_models(store, run_id, config, device)
+    post = tuned_postprocess(store, run_id, config)
+    ids = cache.patient_ids("test")
+    images = cache.images("test")
+    meta = cache.metadata[cache.metadata["split"] == "test"].set_index("patientId")
+    size = config.image_size
+    rows: dict[str, Detection] = {}
+    with progress_reporter(f"predict {len(ids)} test image(s)", len(ids)) as advance:
+        for chunk in _chunks(list(enumerate(ids)), BATCH):
+            pixels = [np.array(images[i]) for i, _ in chunk]  # a writable copy for torch
+            fused = _detect(models, pixels, config, post, device)
+            for (_, pid), (boxes, scores) in zip(chunk, fused, strict=True):
+                rows[pid] = _to_original(boxes, scores, meta.loc[pid], size)
+            advance(len(chunk))
+    quarantined = _quarantined(store, cache.prefix, "test")
+    for item in quarantined:  # the caller warns about each, naming its file
+        rows.setdefault(item["patientId"], _NO_BOX)
+    if not rows:
+        raise InputError(f"{cache.prefix}: the prepared dataset has no test image")
+    return TestSetPrediction(_write_checked(rows, Path(out)), len(ids), quarantined)
+
+
+_NO_BOX: Detection = (np.zeros((0, 4)), np.zeros(0))
+
+
+def _decode_named(
+    name: str, read: Callable[[], str | Path | bytes], size: int
+) -> tuple[np.ndarray, dict] | None:
+    """The decoded image, or None with a warning naming the file when it cannot be used."""
+    try:
+        return decode_resized(read(), size)
+    except DicomError as exc:
+        log.warning("%s: %s; written with an empty PredictionString", name, exc.reason)
+        return None
+
+
+def _add_row(rows: dict[str, Detection], name: str, patient_id: str, row: Detection) -> None:
+    if patient_id in rows:
+        raise InputError(f"{name}: patient {patient_id} appears in two DICOMs")
+    rows[patient_id] = row
+
+
+def _detect(
+    models: list[RetinaNet],
+    pixels: list[np.ndarray],
+    config: RunConfig,
+    post: postprocess.PostprocessConfig,
+    device: torch.device,
+) -> list[Detection]:
+    """Post-processed (boxes xywh, scores) in cache pixels for uint8 [S, S] images."""
+    if not pixels:
+        return []
+    tensors = [
+        torch.from_numpy(np.ascontiguousarray(p)).float().div_(255).unsqueeze_(0).to(device)
+        for p in pixels
+    ]
+    with torch.no_grad():
+        fused = detect_batch(models, tensors, config)
+    return [postprocess.apply(boxes, scores, post) for boxes, scores in fused]
+
+
+def _to_original(boxes: np.ndarray, scores: np.ndarray, meta: Any, size: int) -> Detection:
+    """Boxes from cache pixels back to the image's own Rows x Columns."""
+    sx, sy = float(meta["cols"]) / size, float(meta["rows"]) / size
+    return boxes * np.array([sx, sy, sx, sy]), scores
+
+
+def _write_checked(rows: dict[str, Detection], out: Path) -> Path:
     submission.write_submission(rows, out)
     problems = submission.check_submission(out)
     if problems:
         raise PneumoError(f"{out}: the written submission is invalid: {'; '.join(problems[:5])}")
     log.info("wrote %d predictions to %s", len(rows), out)
     return out
+
+
+def _quarantined(store: ObjectStore, prefix: str, split: str) -> list[dict[str, str]]:
+    """Rows of the cache's quarantine.csv for one split."""
+    try:
+        text = store.get_text(prefix + "quarantine.csv")
+    except ObjectNotFound:
+        return []
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    return frame[frame["split"] == split][["patientId", "key", "reason"]].to_dict("records")
 
 
 def load_fold_models(

@@ -194,8 +194,11 @@ def render_markdown(
     decision: Decision | None,
     plots: Sequence[str],
     plot_link: Callable[[str], str] = lambda name: f"plots/{name}",
+    prediction: dict | None = None,
 ) -> str:
-    """report.md; by default plots are linked relative to runs/<id>/, as stored."""
+    """report.md; by default plots are linked relative to runs/<id>/, as stored.
+    `prediction`: {"submission": url, "quarantined": [{patientId, key, reason}]} or
+    {"error": message} when predicting the test images failed."""
     oof_map, threshold = evaluation.get("oof_map"), evaluation.get("threshold")
     parts = [
         f"# Run {run_id}\n",
@@ -217,6 +220,8 @@ def render_markdown(
                 {"": "champion before", "run_id": previous.run_id, "oof_map": previous.oof_map}
             )
         parts.append(markdown_table(rows))
+    if prediction is not None:
+        parts.extend(_submission_section(prediction))
     parts.append("## Plots\n")
     parts.extend(f"![{name}]({plot_link(name)})\n" for name in plots)
     parts.append("## Configuration\n")
@@ -231,6 +236,7 @@ def write_report(
     folds: Sequence[int],
     decision: Decision | None,
     plot_link: Callable[[str], str] | None = None,
+    prediction: dict | None = None,
 ) -> Report:
     """Plots and report.md for a run; `plot_link(store key)` makes the linked variant."""
     prefix = run_key(run_id, "").rstrip("/")
@@ -259,16 +265,35 @@ def write_report(
         store.put_bytes(key, png)
         plot_keys.append(key)
 
-    markdown = render_markdown(run_id, config, evaluation, rows, decision, list(plots))
+    markdown = render_markdown(
+        run_id, config, evaluation, rows, decision, list(plots), prediction=prediction
+    )
     linked = markdown
     if plot_link is not None:
         linked = render_markdown(
             run_id, config, evaluation, rows, decision, list(plots),
-            plot_link=lambda name: plot_link(f"{prefix}/plots/{name}"),
+            plot_link=lambda name: plot_link(f"{prefix}/plots/{name}"), prediction=prediction,
         )  # fmt: skip
     key = f"{prefix}/report.md"
     store.put_text(key, markdown)
     return Report(markdown, linked, key, plot_keys, rows)
+
+
+def _submission_section(prediction: dict) -> list[str]:
+    """The test-set submission: where it is and which images got no prediction, or why not."""
+    parts = ["## Submission\n"]
+    if prediction.get("error"):
+        parts.append(f"**Predicting the test images failed**: {prediction['error']}\n")
+        return parts
+    parts.append(f"Submission: {prediction.get('submission')}\n")
+    quarantined = prediction.get("quarantined") or []
+    if quarantined:
+        parts.append(
+            f"{len(quarantined)} test image(s) could not be read and have an empty "
+            "PredictionString:\n"
+        )
+        parts.append(markdown_table(quarantined))
+    return parts
 
 
 def _per_fold_maps(evaluation: dict) -> dict[int, float]:

@@ -54,12 +54,14 @@ def write_report(
     evaluation: dict,
     folds: Sequence[int],
     decision: champion.Decision | None,
+    prediction: dict | None = None,
 ) -> dict:
     """report.md + plots in the store; fold table, report and links as Prefect artifacts."""
     store = open_store(storage)
     built = report.write_report(
-        store, run_id, evaluation, folds, decision, plot_link=lambda key: store_link(store, key)
-    )
+        store, run_id, evaluation, folds, decision,
+        plot_link=lambda key: store_link(store, key), prediction=prediction,
+    )  # fmt: skip
     columns = dict.fromkeys(built.fold_rows[0] if built.fold_rows else ("fold", "oof_map"))
     overall = columns | {
         "fold": f"all (out of fold, score threshold {evaluation.get('threshold')})",

@@ -25,22 +25,27 @@ PREDICT_TIMEOUT = 6 * 3600.0
     timeout_seconds=PREDICT_TIMEOUT,
     **RETRY_OPTIONS,
 )
-def predict_test_images(storage: str, run_id: str) -> str:
-    """runs/<id>/submission.csv for the competition's test images, checked before storing."""
+def predict_test_images(storage: str, run_id: str) -> dict:
+    """runs/<id>/submission.csv for the test images prepare recorded, checked before storing;
+    returns its URL and the quarantined test images (empty PredictionString each)."""
     store = open_store(storage)
     dataset = load_run_config(store, run_id).dataset
-    prefix = f"raw/{dataset}/stage_2_test_images"
-    images = store.url(prefix)
+    logger = get_run_logger()
     with tempfile.TemporaryDirectory(prefix="pneumo-predict-") as tmp:
-        out = predict.predict_images(store, run_id, images, Path(tmp) / "submission.csv")
+        result = predict.predict_test_set(store, run_id, Path(tmp) / "submission.csv")
         sample = _sample_submission(store, dataset, Path(tmp))
-        problems = submission.check_submission(out, sample=sample)
+        problems = submission.check_submission(result.path, sample=sample)
         if problems:
             raise InputError(f"run {run_id}: submission is invalid: {'; '.join(problems[:5])}")
         key = run_key(run_id, "submission.csv")
-        store.put_file(key, out)
-    get_run_logger().info("submission for run %s: %s", run_id, store.url(key))
-    return store.url(key)
+        store.put_file(key, result.path)
+    for item in result.quarantined:
+        logger.warning(
+            "test image %s was quarantined by prepare (%s): empty PredictionString in the "
+            "submission", item["key"], item["reason"],
+        )  # fmt: skip
+    logger.info("submission for run %s: %s", run_id, store.url(key))
+    return {"submission": store.url(key), "quarantined": result.quarantined}
 
 
 @task(
