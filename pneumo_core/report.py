@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from statistics import median
 
 import matplotlib
 
@@ -70,11 +71,13 @@ def fold_row(fold: int, done: dict | None, history: Sequence[dict], fold_map: fl
         "epochs": done.get("epochs", len(history)),
         "best_epoch": best_epoch,
         "best_val_map": done.get("best_val_map"),
+        "last_val_map": last.get("val_map"),
         "val_box_loss": at_best.get("val_box_loss"),
         "val_cls_loss": at_best.get("val_cls_loss"),
         "last_train_loss": _total(last, "train_"),
         "last_val_loss": _total(last, "val_"),
         "oof_map": fold_map,
+        "weights": _weights_cell(done.get("model_info")),
     }
 
 
@@ -199,13 +202,14 @@ def render_markdown(
     """report.md; by default plots are linked relative to runs/<id>/, as stored.
     `prediction`: {"submission": url, "quarantined": [{patientId, key, reason}]} or
     {"error": message} when predicting the test images failed."""
-    oof_map, threshold = evaluation.get("oof_map"), evaluation.get("threshold")
+    oof_map = evaluation.get("oof_map")
     parts = [
         f"# Run {run_id}\n",
-        f"- OOF mAP: **{_cell(oof_map)}** at score threshold **{_cell(threshold)}**",
+        *_headline(evaluation),
         f"- preset: `{config.get('preset')}`, folds: {len(fold_rows)}\n",
         "## Folds\n",
         markdown_table(fold_rows),
+        *_scoring_notes(evaluation, fold_rows),
         "## Champion\n",
     ]
     if decision is None:
@@ -243,7 +247,9 @@ def write_report(
     config = store.get_json(f"{prefix}/config.json")
     histories = {fold: fold_history(store, run_id, fold) for fold in folds}
     per_fold = _per_fold_maps(evaluation)
-    rows = [fold_row(f, _done(store, run_id, f), histories[f], per_fold.get(f)) for f in folds]
+    rows = flag_weak_folds(
+        [fold_row(f, _done(store, run_id, f), histories[f], per_fold.get(f)) for f in folds]
+    )
 
     plots: dict[str, bytes] = {"curves.png": plot_curves(histories)}
     curve = [(p["threshold"], p["map"]) for p in evaluation.get("curve", [])]
@@ -294,6 +300,67 @@ def _submission_section(prediction: dict) -> list[str]:
         )
         parts.append(markdown_table(quarantined))
     return parts
+
+
+WEAK_FOLD_SHARE = 0.5  # a fold below this share of its siblings' median is flagged
+
+
+def flag_weak_folds(rows: list[dict]) -> list[dict]:
+    """Each row gets `flag`: "weak" when its best validation mAP is below WEAK_FOLD_SHARE of
+    the median of the other folds' (a fold that quietly failed weakens the ensemble)."""
+    for row in rows:
+        others = [r.get("best_val_map") for r in rows if r is not row]
+        others = [v for v in others if v is not None]
+        mine = row.get("best_val_map")
+        weak = bool(others) and mine is not None and mine < WEAK_FOLD_SHARE * median(others)
+        row["flag"] = "weak" if weak else ""
+    return rows
+
+
+def _headline(evaluation: dict) -> list[str]:
+    """The honest score first, the optimistic one named as such."""
+    se = evaluation.get("oof_map_se")
+    lines = [
+        f"- OOF mAP: **{_cell(evaluation.get('oof_map'))}**"
+        + (f" (standard error {se:.4f})" if se is not None else "")
+        + f", post-processing {evaluation.get('tuning', 'tuned on all folds')}",
+        f"- in-sample OOF mAP (post-processing tuned on the very predictions it scores, "
+        f"optimistic): {_cell(evaluation.get('oof_map_in_sample'))}",
+        f"- submission: score threshold **{_cell(evaluation.get('threshold'))}**, max boxes "
+        f"{_cell(evaluation.get('max_boxes'))}, shrink {_cell(evaluation.get('shrink'))} "
+        "(tuned on all folds)",
+    ]
+    return lines
+
+
+def _scoring_notes(evaluation: dict, rows: Sequence[dict]) -> list[str]:
+    notes = [
+        "Each fold's model is its best epoch by validation mAP (score threshold chosen per "
+        "epoch on that fold's validation images, so `best_val_map` is optimistic); "
+        "`last_val_map` is the last epoch's. `oof_map` per fold uses the post-processing "
+        "tuned on the other folds only.\n"
+    ]
+    weak = [str(r["fold"]) for r in rows if r.get("flag")]
+    if weak:
+        notes.append(
+            f"**Weak fold(s) {', '.join(weak)}**: best validation mAP below "
+            f"{WEAK_FOLD_SHARE:.0%} of the median of the other folds'.\n"
+        )
+    return notes
+
+
+def _weights_cell(info: dict | None) -> str | None:
+    """Which pretrained file the fold started from, by name and sha256, and what loaded."""
+    if not info:
+        return None
+    if not info.get("weights"):
+        return "random"
+    name = str(info["weights"]).rsplit("/", 1)[-1]
+    sha = (info.get("weights_sha256") or "")[:12]
+    return (
+        f"{name} sha256 {sha}: {info.get('tensors_loaded')} loaded, "
+        f"{info.get('tensors_skipped')} skipped"
+    )
 
 
 def _per_fold_maps(evaluation: dict) -> dict[int, float]:

@@ -64,7 +64,7 @@ def write_report(
     )  # fmt: skip
     columns = dict.fromkeys(built.fold_rows[0] if built.fold_rows else ("fold", "oof_map"))
     overall = columns | {
-        "fold": f"all (out of fold, score threshold {evaluation.get('threshold')})",
+        "fold": f"all (out of fold, {evaluation.get('tuning', 'tuned on all folds')})",
         "oof_map": evaluation.get("oof_map"),
     }
     create_table_artifact(

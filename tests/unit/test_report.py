@@ -87,18 +87,34 @@ def test_fold_row_takes_best_epoch_losses_and_totals():
         {"epoch": 0, "train_cls_loss": 2.0, "train_box_loss": 1.0, "val_cls_loss": 1.5,
          "val_box_loss": 0.5},
         {"epoch": 1, "train_cls_loss": 1.0, "train_box_loss": 0.5, "val_cls_loss": 1.0,
-         "val_box_loss": 0.25},
+         "val_box_loss": 0.25, "val_map": 0.3},
     ]  # fmt: skip
-    row = report.fold_row(3, {"epochs": 2, "best_epoch": 0, "best_val_map": 0.4}, history, 0.35)
+    info = {"weights": "/s/models/weights/resnet18-f37072fd.pth", "weights_sha256": "ab" * 32,
+            "tensors_loaded": 102, "tensors_skipped": 2}  # fmt: skip
+    done = {"epochs": 2, "best_epoch": 0, "best_val_map": 0.4, "model_info": info}
+    row = report.fold_row(3, done, history, 0.35)
     assert row == {
-        "fold": 3, "epochs": 2, "best_epoch": 0, "best_val_map": 0.4, "val_box_loss": 0.5,
-        "val_cls_loss": 1.5, "last_train_loss": 1.5, "last_val_loss": 1.25, "oof_map": 0.35,
+        "fold": 3, "epochs": 2, "best_epoch": 0, "best_val_map": 0.4, "last_val_map": 0.3,
+        "val_box_loss": 0.5, "val_cls_loss": 1.5, "last_train_loss": 1.5,
+        "last_val_loss": 1.25, "oof_map": 0.35,
+        "weights": "resnet18-f37072fd.pth sha256 abababababab: 102 loaded, 2 skipped",
     }  # fmt: skip
+
+
+def test_a_fold_below_half_its_siblings_median_is_flagged():
+    rows = [{"fold": f, "best_val_map": v} for f, v in enumerate([0.30, 0.11, 0.40, 0.20])]
+    flags = [r["flag"] for r in report.flag_weak_folds(rows)]
+    assert flags == ["", "weak", "", ""]  # 0.11 < 0.5 * median(0.3, 0.4, 0.2) = 0.15
+    notes = report.render_markdown("r", {}, {}, rows, None, [])
+    assert "Weak fold(s) 1" in notes
 
 
 def test_write_report_stores_plots_and_markdown(store):
     evaluation = {
         "oof_map": 0.6667,
+        "oof_map_se": 0.1,
+        "oof_map_in_sample": 0.7,
+        "tuning": "cross-fitted",
         "threshold": 0.1,
         "per_fold": [{"fold": 0, "map": 1.0}, {"fold": 1, "map": 0.0}],
         "curve": [{"threshold": 0.1, "map": 0.6667}, {"threshold": 0.95, "map": None}],
@@ -117,6 +133,8 @@ def test_write_report_stores_plots_and_markdown(store):
     stored = store.get_text(built.key)
     assert stored == built.markdown
     assert "promoted" in stored and decision.reason in stored
+    assert "OOF mAP: **0.6667** (standard error 0.1000), post-processing cross-fitted" in stored
+    assert "optimistic): 0.7000" in stored and "last_val_map" in stored
     assert "![validation-grid.png](plots/validation-grid.png)" in stored
     assert f"(https://x/runs/{RUN}/plots/curves.png)" in built.linked_markdown
     assert '"image_size": 64' in stored  # the resolved configuration
