@@ -15,6 +15,7 @@ from pneumo_core.storage import ObjectStore
 
 CHAMPION_KEY = "models/champion.json"
 DEFAULT_MARGIN = 0.0
+LABELS_MEMBER = "stage_2_train_labels.csv"
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class Champion:
     oof_map: float
     config_hash: str
     created: str  # ISO 8601, UTC
+    # What the score was measured on and how; a record without them (written before they
+    # existed) counts as trained on unknown data.
+    manifest_digest: str | None = None
+    labels_digest: str | None = None
+    protocol: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict, source: str = CHAMPION_KEY) -> Champion:
@@ -32,6 +38,7 @@ class Champion:
                 oof_map=float(data["oof_map"]),
                 config_hash=str(data["config_hash"]),
                 created=str(data["created"]),
+                **{k: _optional(data, k) for k in ("manifest_digest", "labels_digest", "protocol")},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: not a champion record ({exc!r})") from exc
@@ -57,9 +64,45 @@ class Decision:
         return self.candidate if self.promoted else self.previous
 
 
-def candidate(run_id: str, oof_map: float, config_hash: str) -> Champion:
+def candidate(
+    run_id: str,
+    oof_map: float,
+    config_hash: str,
+    manifest_digest: str | None = None,
+    labels_digest: str | None = None,
+    protocol: str | None = None,
+) -> Champion:
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    return Champion(run_id=run_id, oof_map=float(oof_map), config_hash=config_hash, created=created)
+    return Champion(
+        run_id, float(oof_map), config_hash, created, manifest_digest, labels_digest, protocol
+    )
+
+
+def data_digests(store: ObjectStore, manifest_key: str) -> tuple[str, str | None]:
+    """(manifest digest, sha256 of the training labels file) of an ingested data set: two
+    runs' scores are comparable only when both match."""
+    try:
+        manifest = store.get_json(manifest_key)
+    except ObjectNotFound:
+        raise InputError(
+            f"{store.url(manifest_key)} is missing: ingest the data set first"
+        ) from None
+    labels = [m["sha256"] for m in manifest.get("members", []) if m["key"].endswith(LABELS_MEMBER)]
+    return str(manifest["digest"]), (labels[0] if labels else None)
+
+
+def comparability(new: Champion, current: Champion) -> str | None:
+    """Why `new` cannot be compared with `current` (None: it can). A current record without
+    digests or protocol is on unknown data: see `decide`."""
+    for field, what in (
+        ("manifest_digest", "data set (manifest digest)"),
+        ("labels_digest", "labels"),
+        ("protocol", "evaluation protocol"),
+    ):
+        mine, theirs = getattr(new, field), getattr(current, field)
+        if mine != theirs:
+            return f"different {what}: {_short(mine)} vs the champion's {_short(theirs)}"
+    return None
 
 
 def read_champion(store: ObjectStore) -> Champion | None:
@@ -81,6 +124,17 @@ def decide(new: Champion, current: Champion | None, margin: float = DEFAULT_MARG
         return Decision(True, reason, new, None)
     if current.run_id == new.run_id:
         reason = f"run {new.run_id} is already the champion (OOF mAP {current.oof_map:.4f})"
+        return Decision(False, reason, new, current)
+    if None in (current.manifest_digest, current.labels_digest, current.protocol):
+        reason = (
+            f"champion {current.run_id} (OOF mAP {current.oof_map:.4f}) was recorded without "
+            "its data digests or evaluation protocol, so it was trained on unknown data: "
+            f"run {new.run_id} (OOF mAP {new.oof_map:.4f}), the first comparable run, replaces it"
+        )
+        return Decision(True, reason, new, current)
+    different = comparability(new, current)
+    if different:
+        reason = f"not comparable with champion {current.run_id} ({different}): kept, not promoted"
         return Decision(False, reason, new, current)
     needed = current.oof_map + margin
     if new.oof_map > needed:
@@ -104,6 +158,15 @@ def promote_if_better(
     if decision.promoted:  # the reason is kept for `pneumo champion`; from_dict ignores it
         store.put_json(CHAMPION_KEY, {**new.to_dict(), "reason": decision.reason})
     return decision
+
+
+def _optional(data: dict, key: str) -> str | None:
+    value = data.get(key)
+    return None if value is None else str(value)
+
+
+def _short(value: str | None) -> str:
+    return "unknown" if value is None else value[:16]
 
 
 def champion_run_id(store: ObjectStore) -> str:

@@ -17,7 +17,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from pneumo_core import champion, evaluate, report
+from pneumo_core import champion, evaluate, kaggle, report
 from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import load_run_config, run_key
 from tasks.policy import RETRY_OPTIONS
@@ -39,10 +39,12 @@ def promote(storage: str, run_id: str, oof_map: float | None, margin: float) -> 
     a run without a score (no image scored: None) is never promoted."""
     oof_map = math.nan if oof_map is None else oof_map
     store = open_store(storage)
-    config_hash = load_run_config(store, run_id).config_hash()
-    decision = champion.promote_if_better(
-        store, champion.candidate(run_id, oof_map, config_hash), margin
-    )
+    run_config = load_run_config(store, run_id)
+    # compared like with like: same data, same labels, same evaluation protocol
+    digests = champion.data_digests(store, kaggle.manifest_key(run_config.dataset))
+    protocol = store.get_json(run_key(run_id, "evaluation.json")).get("protocol")
+    new = champion.candidate(run_id, oof_map, run_config.config_hash(), *digests, protocol)
+    decision = champion.promote_if_better(store, new, margin)
     get_run_logger().info("promotion: %s", decision.reason)
     return decision
 

@@ -16,8 +16,8 @@ def store(tmp_path):
     return open_store(tmp_path.as_uri())
 
 
-def make(run_id: str, oof_map: float) -> champion.Champion:
-    return champion.candidate(run_id, oof_map, config_hash=f"hash-{run_id}")
+def make(run_id: str, oof_map: float, data: str = "m1", labels: str = "l1", protocol="p1"):
+    return champion.candidate(run_id, oof_map, f"hash-{run_id}", data, labels, protocol)
 
 
 def test_first_run_becomes_champion_and_is_recorded(store):
@@ -28,7 +28,10 @@ def test_first_run_becomes_champion_and_is_recorded(store):
     assert stored == decision.candidate
     assert champion.champion_run_id(store) == "run-a"
     record = store.get_json(champion.CHAMPION_KEY)
-    assert set(record) == {"run_id", "oof_map", "config_hash", "created", "reason"}
+    assert set(record) == {
+        *("run_id", "oof_map", "config_hash", "created", "reason"),
+        *("manifest_digest", "labels_digest", "protocol"),
+    }
     assert record["reason"] == decision.reason  # `pneumo champion` says why it won
 
 
@@ -74,3 +77,38 @@ def test_corrupt_champion_file_names_the_file(store):
     store.put_json(champion.CHAMPION_KEY, {"run_id": "x"})
     with pytest.raises(InputError, match=r"models/champion\.json"):
         champion.read_champion(store)
+
+
+@pytest.mark.parametrize(
+    ("changed", "words"),
+    [
+        ({"data": "m2"}, "different data set (manifest digest): m2"),
+        ({"labels": "l2"}, "different labels: l2"),
+        ({"protocol": "p2"}, "different evaluation protocol: p2"),
+    ],
+)
+def test_a_run_on_other_data_or_protocol_is_not_comparable(store, changed, words):
+    champion.promote_if_better(store, make("run-a", 0.20), margin=0.0)
+    decision = champion.promote_if_better(store, make("run-b", 0.90, **changed), margin=0.0)
+    assert not decision.promoted and "not comparable" in decision.reason
+    assert words in decision.reason
+    assert champion.champion_run_id(store) == "run-a"
+
+
+def test_a_champion_without_digests_is_replaced_by_the_first_comparable_run(store):
+    old = {"run_id": "old", "oof_map": 0.9, "config_hash": "h", "created": "2024-01-01"}
+    store.put_json(champion.CHAMPION_KEY, old)  # written before digests existed
+    decision = champion.promote_if_better(store, make("run-b", 0.10), margin=0.0)
+    assert decision.promoted and "unknown data" in decision.reason
+    assert champion.read_champion(store).manifest_digest == "m1"
+
+
+def test_data_digests_come_from_the_manifest(store):
+    members = [
+        {"key": "raw/d/stage_2_train_labels.csv", "size": 1, "sha256": "aa"},
+        {"key": "raw/d/stage_2_detailed_class_info.csv", "size": 1, "sha256": "bb"},
+    ]
+    store.put_json("raw/d/manifest.json", {"digest": "dd", "members": members})
+    assert champion.data_digests(store, "raw/d/manifest.json") == ("dd", "aa")
+    with pytest.raises(InputError, match="ingest"):
+        champion.data_digests(store, "raw/other/manifest.json")
