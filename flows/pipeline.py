@@ -23,6 +23,7 @@ from flows.gpu_jobs import deployment_gpu_jobs
 from flows.train_fold import train_fold_flow
 from pneumo_core import champion, config, kaggle
 from pneumo_core.errors import InputError, PneumoError
+from pneumo_core.run_ids import check_run_id
 from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import load_run_config, run_key
 from tasks.data import ingest, prepare_dataset, source_fingerprint
@@ -80,6 +81,8 @@ def pipeline(
     worker's host (0: no GPU).
     """
     logger = get_run_logger()
+    if run_id is not None:
+        check_run_id(run_id)  # before any work: a bad id must not leave a half-made run behind
     store = open_store(storage)
     run_config = _resolve_config(store, preset, overrides or {}, run_id)
     chosen = _check_folds(folds, run_config.n_folds)  # bad input fails before any work

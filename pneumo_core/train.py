@@ -36,6 +36,7 @@ from pneumo_core.data import DetectionDataset, PreparedCache, make_loader
 from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.model import ModelInfo, build_model, detect_batch, losses_and_detections
 from pneumo_core.progress import progress_reporter
+from pneumo_core.run_ids import check_run_id
 from pneumo_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,11 @@ def new_run_id() -> str:
 
 
 def run_key(run_id: str, name: str) -> str:
-    return f"runs/{run_id}/{name}"
+    return f"runs/{check_run_id(run_id)}/{name}"
 
 
 def fold_key(run_id: str, fold: int, name: str) -> str:
-    return f"runs/{run_id}/fold-{fold}/{name}"
+    return f"runs/{check_run_id(run_id)}/fold-{fold}/{name}"
 
 
 def create_run(store: ObjectStore, config: RunConfig, run_id: str | None = None) -> str:
@@ -81,9 +82,17 @@ def load_run_config(store: ObjectStore, run_id: str) -> RunConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The configured device on this machine; InputError naming the field when it is absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise InputError(f"config field device={name!r}: this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"config field device={name!r}: MPS is not available on this machine")
+    return device
 
 
 def train_fold(

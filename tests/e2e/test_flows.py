@@ -19,6 +19,7 @@ from flows.predict import predict_flow
 from pneumo_core import champion, synthetic
 from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.submission import check_submission
+from tasks.training import progress_key
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 OVERRIDES = {"image_size": 64, "epochs": 1}
 CLI_OVERRIDES = ["--epochs", "1", "--set", "image_size=64"]
 N_TRAIN, N_TEST = 24, 4
+# Uppercase, "_" and "." are not allowed in Prefect artifact keys: the run id must still work.
+RUN_ID = "Exp_1.v2"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -47,7 +50,12 @@ def file_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """One pipeline run on a file:// store, shared by the tests that inspect it."""
     storage = (tmp_path_factory.mktemp("file-store") / "store").as_uri()
     state = pipeline(
-        source=str(dataset), storage=storage, preset="ci", overrides=OVERRIDES, return_state=True
+        source=str(dataset),
+        storage=storage,
+        preset="ci",
+        overrides=OVERRIDES,
+        run_id=RUN_ID,
+        return_state=True,
     )
     return {"storage": storage, "state": state, "flow_run_id": state.state_details.flow_run_id}
 
@@ -166,7 +174,7 @@ def check_pipeline_in_prefect(flow_run_id: UUID, run_id: str) -> dict[str, Any]:
     assert all(r["epochs"] == 1 and r["best_epoch"] == 0 for r in rows[:2])
     assert "Run " + run_id in by_key["run-report"].data
     progress = [a for a in found if a.type == "progress"]
-    assert sorted(a.key for a in progress) == [f"train-{run_id}-fold-0", f"train-{run_id}-fold-1"]
+    assert sorted(a.key for a in progress) == [progress_key(run_id, 0), progress_key(run_id, 1)]
     assert all(float(a.data) == 100.0 for a in progress)
     return by_key
 
@@ -179,6 +187,7 @@ def test_pipeline_on_file_store(file_run: dict[str, Any], dataset: Path) -> None
     assert state.is_completed(), state.message
     summary = state.result()
     run_id = summary["run_id"]
+    assert run_id == RUN_ID
     store = open_store(file_run["storage"])
     check_outputs(store, run_id, dataset)
     assert summary["promoted"] and "no champion yet" in summary["promotion"]
