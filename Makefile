@@ -1,20 +1,37 @@
 # Two entry points: `make demo` (the whole pipeline on generated data) and `make test`.
-# Each creates .venv when missing and installs the project into it.
+# Each creates .venv when missing and installs into it exactly the locked versions
+# (requirements-test.lock, hashes checked), then the project itself.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+# `make lock` compiles both locks from pyproject.toml for every platform and Python >= 3.11.
+# pyimgaug's opencv-python is left out (its GUI build needs libGL/X11): the headless build
+# is the only OpenCV, and --no-deps installs keep it so.
+COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --no-emit-package opencv-python --index-url https://pypi.org/simple \
+	--custom-compile-command "make lock" --quiet
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -qq -e '.[test]'
+$(STAMP): pyproject.toml $(LOCK) $(TEST_LOCK) | $(BIN)/python
+	@# opencv-python (pulled in by an earlier unlocked install) shares the cv2 folder with
+	@# the headless build: remove both, the lock puts the headless one back.
+	$(BIN)/pip uninstall -qq -y opencv-python opencv-python-headless 2>/dev/null || true
+	$(BIN)/pip install -qq --require-hashes --no-deps -r $(TEST_LOCK)
+	$(BIN)/pip install -qq --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lock: $(STAMP)
+	$(COMPILE) -o $(LOCK)
+	$(COMPILE) --extra test -c $(LOCK) -o $(TEST_LOCK)
 
 demo: $(STAMP)
 	$(BIN)/pneumo demo
