@@ -193,14 +193,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from pneumo_core import synthetic
 
     target = synthetic.generate(
-        args.out, args.n_train, args.n_test, args.image_size, args.seed, args.difficulty, args.zip
-    )
-    backgrounds = args.difficulty == "hard" and synthetic.real_backgrounds_dir()
+        args.out, args.n_train, args.n_test, args.image_size, args.seed, args.difficulty,
+        args.zip, args.backgrounds,
+    )  # fmt: skip
     print(
         f"{target}: {args.n_train} train + {args.n_test} test images at {args.image_size}px, "
         f"{args.difficulty}, seed {args.seed}"
-        + (f", real backgrounds from {backgrounds}" if backgrounds else "")
+        + (f", real backgrounds from {args.backgrounds}" if args.backgrounds else "")
     )
+    print(f"test images' truth (not for ingest): {synthetic.test_labels_path(args.out)}")
     return 0
 
 
@@ -215,6 +216,10 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--zip", action="store_true", help="write rsna-pneumonia-detection-challenge.zip"
     )
+    p.add_argument(
+        "--backgrounds", type=Path, metavar="DIR",
+        help="hard: your own radiographs (DICOMs) as backgrounds; default: drawn ones",
+    )  # fmt: skip
     p.set_defaults(handler=cmd_synth)
 
 

@@ -9,19 +9,19 @@ Two difficulties:
   learns it in a few CPU epochs (the end-to-end tests rely on that).
 - `hard`: faint, irregular, textured opacities a few gray levels above the lung, distractors
   (diffuse haze, ECG leads, wires, tubes, linear scars) on "No Lung Opacity / Not Normal"
-  images, and the real radiographs of the RSNA sample as backgrounds when present
-  (`backgrounds=` argument, else $PNEUMO_RSNA_SAMPLE/stage_2_train_images, else the sample
-  folder beside the repository; without any, drawn backgrounds). Only real images labelled
-  negative are used as backgrounds, so no unlabelled real opacity leaks in.
+  images, so the middle class has a visual meaning, and drawn backgrounds, or the user's own
+  real radiographs (`backgrounds=` a folder of DICOMs). Only real images labelled negative
+  (where a labels file sits beside the folder) serve, so no unlabelled opacity leaks in.
 
 Each image has its own RNG stream (seed, split, index), so a seed reproduces the dataset.
+The truth of the test images is written beside the data set (`test_labels_path`), outside
+what ingest reads, so a submission can be scored on images the run never saw.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 import tempfile
 import uuid
@@ -39,6 +39,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
 
 from pneumo_core.errors import InputError
+from pneumo_core.storage import atomic_path
 
 ARCHIVE_NAME = "rsna-pneumonia-detection-challenge.zip"
 TRAIN_LABELS = "stage_2_train_labels.csv"
@@ -46,6 +47,7 @@ CLASS_INFO = "stage_2_detailed_class_info.csv"
 SAMPLE_SUBMISSION = "stage_2_sample_submission.csv"
 TRAIN_IMAGES = "stage_2_train_images"
 TEST_IMAGES = "stage_2_test_images"
+TEST_LABELS = "test_labels.csv"  # hidden truth of the test images, beside the data set
 ARCHIVE_MEMBERS = (TRAIN_LABELS, CLASS_INFO, SAMPLE_SUBMISSION, TRAIN_IMAGES, TEST_IMAGES)
 
 OPACITY = "Lung Opacity"
@@ -57,7 +59,6 @@ BOX_COUNT_SHARES = {1: 0.435, 2: 0.543, 3: 0.020, 4: 0.002}
 DIFFICULTIES = ("easy", "hard")
 JPEG_QUALITY = 90
 REAL_IMAGE_SIZE = 1024  # the competition's pixel spacing refers to this size
-BACKGROUNDS_ENV = "PNEUMO_RSNA_SAMPLE"
 # Opacity strength in gray levels at the shape's full strength (hard: also textured 0.3-1.7x),
 # and how far a hard opacity smooths the structure behind it (0 none, 1 all). Hard is set
 # where recipes separate (bench/compare_presets.py, 10 CPU epochs, ResNet-18): default's OOF
@@ -102,6 +103,8 @@ def generate(
     out = Path(out)
     target = out / ARCHIVE_NAME if zip else out
     clashes = [n for n in (*ARCHIVE_MEMBERS, ARCHIVE_NAME) if (out / n).exists()]
+    if test_labels_path(out).exists():
+        clashes.append(str(test_labels_path(out)))
     if clashes:
         raise InputError(f"{out} already holds {', '.join(clashes)}; choose an empty folder")
     rng = np.random.default_rng(seed)
@@ -129,21 +132,27 @@ def generate(
             member.rename(out / member.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    test = sorted((p for p in patients if p.split == "test"), key=lambda p: p.patient_id)
+    with atomic_path(test_labels_path(out)) as tmp:
+        tmp.write_bytes(_labels_csv(test))
     return target
 
 
-def real_backgrounds_dir(backgrounds: Path | str | None = None) -> Path | None:
-    """The folder of real DICOMs that `hard` uses as backgrounds, or None where there is none."""
-    if backgrounds is not None:
-        candidates = [Path(backgrounds)]
-    else:
-        sample = os.environ.get(BACKGROUNDS_ENV)
-        default = Path(__file__).resolve().parents[2] / "shared" / "rsna-sample"
-        candidates = [Path(sample) / TRAIN_IMAGES] if sample else [default / TRAIN_IMAGES]
-    found = [c for c in candidates if c.is_dir() and any(c.glob("*.dcm"))]
-    if backgrounds is not None and not found:
+def test_labels_path(out: Path | str) -> Path:
+    """Where `generate(out)` puts the hidden truth of its test images, in the competition's
+    labels format: beside the folder `out`, so ingesting `out` never picks it up."""
+    out = Path(out).resolve()
+    return out.parent / f"{out.name}.{TEST_LABELS}"
+
+
+def real_backgrounds_dir(backgrounds: Path | str | None) -> Path | None:
+    """The user's folder of real DICOMs for `hard` backgrounds (None: drawn backgrounds)."""
+    if backgrounds is None:
+        return None
+    folder = Path(backgrounds)
+    if not (folder.is_dir() and any(folder.glob("*.dcm"))):
         raise InputError(f"background folder {backgrounds} holds no .dcm files")
-    return found[0] if found else None
+    return folder
 
 
 def _check_args(n_train: int, n_test: int, image_size: int, difficulty: str) -> None:
@@ -187,15 +196,10 @@ def _members(patients: list[_Patient], painter: _Painter, seed: int) -> Iterator
         yield f"{folder}/{p.patient_id}.dcm", _encode_dicom(pixels, p, seed)
     train = sorted((p for p in patients if p.split == "train"), key=lambda p: p.patient_id)
     test = sorted((p for p in patients if p.split == "test"), key=lambda p: p.patient_id)
-    labels, classes = (
-        [["patientId", "x", "y", "width", "height", "Target"]],
-        [["patientId", "class"]],
-    )
+    classes = [["patientId", "class"]]
     for p in train:
-        rows = [[f"{v:.1f}" for v in box] + ["1"] for box in p.boxes] or [["", "", "", "", "0"]]
-        labels += [[p.patient_id, *row] for row in rows]
-        classes += [[p.patient_id, p.cls] for _ in rows]  # Kaggle repeats the class per box row
-    yield TRAIN_LABELS, _csv(labels)
+        classes += [[p.patient_id, p.cls]] * max(1, len(p.boxes))  # Kaggle repeats it per box
+    yield TRAIN_LABELS, _labels_csv(train)
     yield CLASS_INFO, _csv(classes)
     yield (
         SAMPLE_SUBMISSION,
@@ -203,6 +207,15 @@ def _members(patients: list[_Patient], painter: _Painter, seed: int) -> Iterator
             [["patientId", "PredictionString"]] + [[p.patient_id, "0.5 0 0 100 100"] for p in test]
         ),
     )
+
+
+def _labels_csv(patients: list[_Patient]) -> bytes:
+    """stage_2_train_labels.csv's format: a row per box, or one empty row with Target 0."""
+    labels = [["patientId", "x", "y", "width", "height", "Target"]]
+    for p in patients:
+        rows = [[f"{v:.1f}" for v in box] + ["1"] for box in p.boxes] or [["", "", "", "", "0"]]
+        labels += [[p.patient_id, *row] for row in rows]
+    return _csv(labels)
 
 
 def _csv(rows: list[list[str]]) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -217,15 +218,44 @@ def test_hard_uses_real_negatives_as_backgrounds(rsna_sample: Path) -> None:
         assert np.nonzero(left)[1].mean() < 32 < np.nonzero(right)[1].mean()
 
 
-def test_hard_without_real_backgrounds_draws_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(synthetic.BACKGROUNDS_ENV, str(tmp_path / "nowhere"))
-    assert synthetic.real_backgrounds_dir() is None
+def test_hard_without_real_backgrounds_draws_them(tmp_path: Path) -> None:
+    assert synthetic.real_backgrounds_dir(None) is None  # never a folder outside the call
     out = synthetic.generate(tmp_path / "out", 6, 0, 64, seed=0, difficulty="hard")
     assert len(list((out / synthetic.TRAIN_IMAGES).glob("*.dcm"))) == 6
     with pytest.raises(InputError, match=r"holds no \.dcm files"):
         synthetic.generate(tmp_path / "o2", 6, 0, 64, difficulty="hard", backgrounds=tmp_path)
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_test_images_truth_is_written_beside_the_data_set(tmp_path: Path, zipped: bool) -> None:
+    from pneumo_core.labels import load_targets
+    from pneumo_core.submission import score_submission, write_submission
+
+    out = tmp_path / "data"
+    synthetic.generate(out, n_train=4, n_test=12, image_size=128, seed=3, zip=zipped)
+    truth_csv = synthetic.test_labels_path(out)
+    assert truth_csv.parent == tmp_path  # outside the folder ingest reads
+    assert truth_csv.read_text().splitlines()[0] == "patientId,x,y,width,height,Target"
+    truth = load_targets(truth_csv, image_size=128).boxes_by_patient()
+    sample = read_csv_text(out, zipped, synthetic.SAMPLE_SUBMISSION)
+    assert sorted(truth) == sorted(r["patientId"] for r in sample)  # the test images, exactly
+    assert any(len(b) for b in truth.values())
+    # the truth scores a perfect submission 1 and an empty one lower
+    perfect = tmp_path / "perfect.csv"
+    write_submission({pid: (b, np.ones(len(b))) for pid, b in truth.items()}, perfect)
+    assert score_submission(truth_csv, perfect)["map"] == 1.0
+    shutil.rmtree(out)  # a stale truth file would score another data set: refused
+    with pytest.raises(InputError, match=r"test_labels\.csv; choose an empty folder"):
+        synthetic.generate(out, 1, 1, 64, zip=zipped)
+
+
+def read_csv_text(out: Path, zipped: bool, name: str) -> list[dict]:
+    if zipped:
+        with zipfile.ZipFile(out / synthetic.ARCHIVE_NAME) as archive:
+            text = archive.read(name).decode()
+    else:
+        text = (out / name).read_text()
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
