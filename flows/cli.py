@@ -137,15 +137,19 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from pneumo_core.submission import score_submission
 
-    result = score_submission(args.labels, args.submission)
+    result = score_submission(args.labels, args.submission, only_present=args.only_present)
+    for warning in result["warnings"]:
+        print(f"pneumo score: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         value = "n/a (no image scored)" if result["map"] is None else f"{result['map']:.4f}"
+        missing = result["labelled_images_not_in_submission"]
+        treated = "not scored" if args.only_present else "scored as no prediction"
         print(
             f"mAP {value} over {result['images_scored']} scored images "
             f"({result['images_in_submission']} in the submission; "
-            f"{result['labelled_images_not_in_submission']} labelled images not in it, not scored)"
+            f"{missing} labelled images not in it, {treated})"
         )
     return 0
 
@@ -154,14 +158,20 @@ def add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score",
         help="competition mAP of a submission against a train labels file",
-        description="Scores the submission's patients only (labelled patients it leaves out "
-        "are not scored); a submission patient without a labels row is an error.",
+        description="Scores as Kaggle would: a labelled patient the submission leaves out "
+        "counts as one with no prediction (with a warning; --only-present scores the "
+        "submission's patients alone). A box past the image border is scored as given, with a "
+        "warning; a submission patient without a labels row is an error.",
     )
     p.add_argument(
         "--labels", required=True, help="stage_2_train_labels.csv (class info not needed)"
     )
     p.add_argument("--submission", required=True, help="patientId,PredictionString CSV")
     p.add_argument("--json", action="store_true", help='one JSON object: {"map": ..., ...}')
+    p.add_argument(
+        "--only-present", action="store_true",
+        help="score only the submission's patients (a subset on purpose)",
+    )  # fmt: skip
     p.set_defaults(handler=cmd_score)
 
 

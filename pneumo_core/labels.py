@@ -8,6 +8,7 @@ so the first data row is row 2 (what an editor or `sed -n 2p` shows).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from pneumo_core.errors import InputError
+
+log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
 POSITIVE_CLASS = "Lung Opacity"
@@ -74,12 +77,12 @@ def group_boxes(patient_ids: pd.Series | list[str], boxes: pd.DataFrame) -> dict
 def load_targets(labels_csv: Source, image_size: int = 1024) -> Labels:
     """Read and validate the labels file alone (enough to score a submission)."""
     name = _name(labels_csv)
-    rows = _read_csv(labels_csv, name, LABEL_COLUMNS)
+    rows, lines = _without_exact_duplicates(_read_csv(labels_csv, name, LABEL_COLUMNS), name)
     errors: list[str] = []
     targets = np.zeros(len(rows), dtype=np.int64)
     values = np.full((len(rows), 4), np.nan)
     for i, row in enumerate(rows.itertuples(index=False)):
-        where = f"{name} row {i + 2}"
+        where = f"{name} row {lines[i]}"
         problem = _check_label_row(row, image_size, values[i])
         if problem:
             errors.append(f"{where}: {problem}")
@@ -88,18 +91,14 @@ def load_targets(labels_csv: Source, image_size: int = 1024) -> Labels:
     _raise(errors)
 
     frame = pd.DataFrame({"patientId": rows["patientId"].to_numpy(), "target": targets})
-    frame["row"] = np.arange(len(rows)) + 2
+    frame["row"] = lines
     per_patient = frame.groupby("patientId", sort=False).agg(
         target=("target", "max"),
         mixed=("target", lambda t: t.nunique() > 1),
-        n_rows=("target", "size"),
         first_row=("row", "first"),
     )
     for pid, info in per_patient[per_patient["mixed"]].iterrows():
         errors.append(f"{name} row {info.first_row}: patient {pid} has both Target 0 and 1 rows")
-    negatives = per_patient[(per_patient["target"] == 0) & (per_patient["n_rows"] > 1)]
-    for pid, info in negatives.iterrows():
-        errors.append(f"{name} row {info.first_row}: patient {pid} has {info.n_rows} Target 0 rows")
     _raise(errors)
 
     positive = targets == 1
@@ -108,7 +107,7 @@ def load_targets(labels_csv: Source, image_size: int = 1024) -> Labels:
     patients = per_patient.reset_index()[["patientId", "target"]]
     counts = boxes.groupby("patientId", sort=False).size()
     patients["n_boxes"] = patients["patientId"].map(counts).fillna(0).astype(np.int64)
-    rows_of_boxes = tuple(int(r) for r in np.flatnonzero(positive) + 2)
+    rows_of_boxes = tuple(int(r) for r in lines[positive])
     return Labels(patients=patients, boxes=boxes, source=name, box_rows=rows_of_boxes)
 
 
@@ -191,6 +190,23 @@ def _check_label_row(row: tuple, image_size: int, out: np.ndarray) -> str | None
     if x < 0 or y < 0 or x + w > image_size or y + h > image_size:
         return f"box x={x:g} y={y:g} w={w:g} h={h:g} is outside the {image_size}x{image_size} image"
     return None
+
+
+def _without_exact_duplicates(rows: pd.DataFrame, name: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows without exact repeats (the same box listed twice would count twice), and the
+    file row number of each row kept; every repeat is reported."""
+    lines = np.arange(len(rows)) + 2
+    group = rows.groupby(list(rows.columns), sort=False).ngroup().to_numpy()
+    first = pd.Series(lines).groupby(group).transform("min").to_numpy()
+    repeat = (lines != first) & (rows["patientId"] != "").to_numpy()  # blank rows stay errors
+    if repeat.any():
+        shown = zip(lines[repeat][:5], first[repeat][:5], strict=True)
+        pairs = [f"row {r} repeats row {f}" for r, f in shown]
+        log.warning(
+            "%s: %d exact duplicate row(s), each counted once: %s%s",
+            name, int(repeat.sum()), "; ".join(pairs), " ..." if repeat.sum() > 5 else "",
+        )  # fmt: skip
+    return rows[~repeat].reset_index(drop=True), lines[~repeat]
 
 
 def _read_csv(source: Source, name: str, columns: tuple[str, ...]) -> pd.DataFrame:

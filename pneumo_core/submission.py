@@ -81,9 +81,10 @@ def write_submission(
     return str(path)
 
 
-def read_submission(path: str | Path) -> dict[str, Prediction]:
-    """Predictions per patient; raises InputError with every problem `check_submission` finds."""
-    problems = check_submission(path)
+def read_submission(path: str | Path, bounds: bool = True) -> dict[str, Prediction]:
+    """Predictions per patient; raises InputError with every problem `check_submission` finds
+    (`bounds=False`: a box past the image border is read as given)."""
+    problems = check_submission(path, bounds=bounds)
     if problems:
         shown = "\n".join(problems[:10])
         more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
@@ -92,11 +93,13 @@ def read_submission(path: str | Path) -> dict[str, Prediction]:
     return {fields[0].strip(): parse_prediction_string(fields[1]) for _, fields in rows}
 
 
-def check_submission(path: str | Path, sample: str | Path | None = None) -> list[str]:
+def check_submission(
+    path: str | Path, sample: str | Path | None = None, bounds: bool = True
+) -> list[str]:
     """Every problem with the file, each naming its row; empty when valid.
 
     With `sample` (e.g. stage_2_sample_submission.csv), each of its patientIds must appear
-    exactly once and no other.
+    exactly once and no other. `bounds=False` lets a box run past the image border.
     """
     try:
         header, rows = _read(path)
@@ -119,7 +122,7 @@ def check_submission(path: str | Path, sample: str | Path | None = None) -> list
             problems.append(f"row {row}: patientId {pid} already on row {first_row[pid]}")
         else:
             first_row[pid] = row
-        problems.extend(f"row {row}: {p}" for p in _prediction_problems(fields[1]))
+        problems.extend(f"row {row}: {p}" for p in _prediction_problems(fields[1], bounds))
     if sample is not None:
         expected = _sample_ids(sample)
         wanted = set(expected)
@@ -136,7 +139,7 @@ def check_submission(path: str | Path, sample: str | Path | None = None) -> list
     return problems
 
 
-def _prediction_problems(text: str) -> list[str]:
+def _prediction_problems(text: str, bounds: bool = True) -> list[str]:
     tokens = text.split()
     if len(tokens) % 5:
         return [f"PredictionString has {len(tokens)} numbers, not groups of five"]
@@ -154,12 +157,16 @@ def _prediction_problems(text: str) -> list[str]:
             problems.append(f"box {g + 1}: confidence {conf:g} is outside [0, 1]")
         elif w <= 0 or h <= 0:
             problems.append(f"box {g + 1}: width and height must be positive, got {w:g} {h:g}")
-        elif x < 0 or y < 0 or x + w > IMAGE_SIZE or y + h > IMAGE_SIZE:
+        elif bounds and _outside(x, y, w, h):
             problems.append(
                 f"box {g + 1}: x={x:g} y={y:g} w={w:g} h={h:g} is outside the "
                 f"{IMAGE_SIZE}x{IMAGE_SIZE} image"
             )
     return problems
+
+
+def _outside(x: float, y: float, w: float, h: float) -> bool:
+    return x < 0 or y < 0 or x + w > IMAGE_SIZE or y + h > IMAGE_SIZE
 
 
 def _sample_ids(sample: str | Path) -> list[str]:
@@ -176,7 +183,7 @@ def _sample_ids(sample: str | Path) -> list[str]:
 def _read(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (row number, fields) of every further row."""
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:  # a BOM is fine
             reader = csv.reader(handle)
             header = next(reader, None)
             if header is None:
@@ -191,18 +198,21 @@ def _number(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def score_submission(labels_csv: str | Path, submission_csv: str | Path) -> dict:
+def score_submission(
+    labels_csv: str | Path, submission_csv: str | Path, only_present: bool = False
+) -> dict:
     """Score a submission against a train labels file (the labels file alone suffices).
 
-    Only the submission's patients are scored: a submission for a subset (one fold, a few
-    images) gets that subset's score rather than zeros for every image it did not cover. The
-    result says how many labelled patients the submission left out. A submission patient
-    without a labels row is an error.
+    Scores what Kaggle would: every labelled patient, one missing from the submission counting
+    as one with no prediction (with a warning: Kaggle refuses an incomplete file), unless
+    `only_present` scores the submission's patients alone on purpose. A box past the image
+    border is scored as given, with a warning. A submission patient without a labels row is
+    an error. `warnings` lists what the caller should show.
     """
     from pneumo_core.labels import load_targets
     from pneumo_core.metric import map_score
 
-    predictions = read_submission(submission_csv)
+    predictions = read_submission(submission_csv, bounds=False)
     truth = load_targets(labels_csv).boxes_by_patient()
     unknown = [pid for pid in predictions if pid not in truth]
     if unknown:
@@ -210,10 +220,27 @@ def score_submission(labels_csv: str | Path, submission_csv: str | Path) -> dict
             f"{submission_csv}: {len(unknown)} patientId(s) are not in {labels_csv}, "
             f"e.g. {unknown[0]}"
         )
-    value, scored = map_score({pid: truth[pid] for pid in predictions}, predictions)
+    warnings = []
+    missing = len(truth) - len(predictions)
+    if missing and not only_present:
+        warnings.append(
+            f"{submission_csv}: {missing} labelled image(s) of {labels_csv} are missing and "
+            "scored as images with no prediction; Kaggle would refuse an incomplete submission "
+            "(--only-present scores the submission's images alone)"
+        )
+    outside = sum(_outside(*box) for boxes, _ in predictions.values() for box in boxes.tolist())
+    if outside:
+        warnings.append(
+            f"{submission_csv}: {outside} box(es) run past the {IMAGE_SIZE}x{IMAGE_SIZE} image "
+            "border; scored as given"
+        )
+    scored_ids = list(predictions) if only_present else list(truth)
+    value, scored = map_score({pid: truth[pid] for pid in scored_ids}, predictions)
     return {
         "map": None if math.isnan(value) else value,
         "images_scored": scored,
         "images_in_submission": len(predictions),
-        "labelled_images_not_in_submission": len(truth) - len(predictions),
+        "labelled_images_not_in_submission": missing,
+        "only_present": only_present,
+        "warnings": warnings,
     }

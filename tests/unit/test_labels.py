@@ -86,7 +86,6 @@ def test_streams_and_targets_alone():
         ("d,10,20,30,nan,1", "row 6: height 'nan' is not a finite number"),
         (",,,,,0", "row 6: empty patientId"),
         ("b,,,,,0", "row 3: patient b has both Target 0 and 1 rows"),
-        ("a,,,,,0", "row 2: patient a has 2 Target 0 rows"),
     ],
 )
 def test_bad_label_rows_name_file_and_row(tmp_path, row, message):
@@ -163,3 +162,16 @@ def test_bad_class_info(tmp_path, info, message):
     with pytest.raises(InputError) as error:
         load_labels(labels, classes)
     assert message in str(error.value)
+
+
+def test_exact_duplicate_rows_are_reported_and_counted_once(tmp_path, caplog):
+    text = GOOD_LABELS + "b,10,20,30,40,1\na,,,,,0\nb,10,20,30,41,1\n"
+    labels = load_targets(write(tmp_path, "labels.csv", text))
+    assert "2 exact duplicate row(s)" in caplog.text
+    assert "row 6 repeats row 3; row 7 repeats row 2" in caplog.text
+    boxes = labels.boxes[labels.boxes["patientId"] == "b"]
+    assert len(boxes) == 3  # the repeat is counted once; the different box stays
+    assert labels.patients.set_index("patientId").loc["b", "n_boxes"] == 3
+    assert labels.box_rows == (3, 4, 8)  # still the rows of the file
+    with pytest.raises(InputError, match="row 8: box"):  # a later error names its real row
+        load_targets(write(tmp_path, "l2.csv", text.replace("30,41,1", "30,4100,1")))

@@ -121,15 +121,57 @@ def test_check_header_and_sample(tmp_path):
 def test_score_only_the_submissions_patients(tmp_path):
     labels = write(tmp_path, "labels.csv", LABELS)
     sub = write(tmp_path, "s.csv", "patientId,PredictionString\na,\nb,0.9 100 100 200 300\n")
-    assert score_submission(labels, sub) == {
+    assert score_submission(labels, sub, only_present=True) == {
         "map": 1.0,
         "images_scored": 1,
         "images_in_submission": 2,
         "labelled_images_not_in_submission": 1,
+        "only_present": True,
+        "warnings": [],
     }
     unknown = write(tmp_path, "u.csv", "patientId,PredictionString\nzz,\n")
     with pytest.raises(InputError, match="not in"):
         score_submission(labels, unknown)
+
+
+def test_score_counts_a_missing_image_as_no_prediction(tmp_path, capsys):
+    """What Kaggle would score: the missing positive b is a miss, not left out."""
+    labels = write(tmp_path, "labels.csv", LABELS)
+    sub = write(tmp_path, "s.csv", "patientId,PredictionString\na,\nc,\n")
+    result = score_submission(labels, sub)
+    assert (result["map"], result["images_scored"]) == (0.0, 1)
+    [warning] = result["warnings"]
+    assert "1 labelled image(s)" in warning and "Kaggle would refuse" in warning
+    assert score_submission(labels, sub, only_present=True)["map"] is None  # nothing to score
+    assert main(["score", "--labels", str(labels), "--submission", str(sub)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("mAP 0.0000 over 1 scored images") and "Kaggle would refuse" in err
+    assert main(["score", "--labels", str(labels), "--submission", str(sub), "--only-present"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("mAP n/a") and err == ""
+
+
+def test_score_takes_a_box_past_the_border_as_given_but_check_refuses_it(tmp_path, capsys):
+    labels = write(tmp_path, "labels.csv", LABELS)
+    text = "patientId,PredictionString\na,\nb,0.9 100 100 200 300 0.5 900 900 200 200\nc,\n"
+    sub = write(tmp_path, "s.csv", text)
+    result = score_submission(labels, sub)
+    assert result["map"] == 0.5  # scored as given: the box past the border is a false positive
+    assert result["warnings"] == [f"{sub}: 1 box(es) run past the 1024x1024 image border; "
+                                  "scored as given"]  # fmt: skip
+    assert main(["check-submission", str(sub)]) == 1
+    assert "box 2: x=900 y=900 w=200 h=200 is outside" in capsys.readouterr().err
+
+
+def test_a_utf8_bom_in_the_header_is_accepted(tmp_path, capsys):
+    sub = tmp_path / "bom.csv"
+    sub.write_bytes(b"\xef\xbb\xbfpatientId,PredictionString\na,0.5 1 1 10 10\n")
+    assert check_submission(sub) == []
+    assert main(["check-submission", str(sub)]) == 0
+    assert "a" in read_submission(sub)
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"\xef\xbb\xbf" + LABELS.encode())
+    assert score_submission(labels, sub, only_present=True)["images_in_submission"] == 1
 
 
 def test_cli_score_json(tmp_path, capsys):
@@ -171,7 +213,8 @@ def test_console_commands_in_a_subprocess(tmp_path, rsna_sample):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "flows.cli"]
     done = subprocess.run(
-        [*command, "score", "--labels", str(labels), "--submission", str(sub), "--json"],
+        [*command, "score", "--labels", str(labels), "--submission", str(sub), "--json",
+         "--only-present"],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
