@@ -211,7 +211,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         f"{args.difficulty}, seed {args.seed}"
         + (f", real backgrounds from {args.backgrounds}" if args.backgrounds else "")
     )
-    print(f"test images' truth (not for ingest): {synthetic.test_labels_path(args.out)}")
+    print(f"test images' truth (not for ingest): {synthetic.hidden_truth_path(args.out)}")
     return 0
 
 

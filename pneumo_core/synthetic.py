@@ -14,7 +14,7 @@ Two difficulties:
   (where a labels file sits beside the folder) serve, so no unlabelled opacity leaks in.
 
 Each image has its own RNG stream (seed, split, index), so a seed reproduces the dataset.
-The truth of the test images is written beside the data set (`test_labels_path`), outside
+The truth of the test images is written beside the data set (`hidden_truth_path`), outside
 what ingest reads, so a submission can be scored on images the run never saw.
 """
 
@@ -103,8 +103,8 @@ def generate(
     out = Path(out)
     target = out / ARCHIVE_NAME if zip else out
     clashes = [n for n in (*ARCHIVE_MEMBERS, ARCHIVE_NAME) if (out / n).exists()]
-    if test_labels_path(out).exists():
-        clashes.append(str(test_labels_path(out)))
+    if hidden_truth_path(out).exists():
+        clashes.append(str(hidden_truth_path(out)))
     if clashes:
         raise InputError(f"{out} already holds {', '.join(clashes)}; choose an empty folder")
     rng = np.random.default_rng(seed)
@@ -133,12 +133,12 @@ def generate(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     test = sorted((p for p in patients if p.split == "test"), key=lambda p: p.patient_id)
-    with atomic_path(test_labels_path(out)) as tmp:
+    with atomic_path(hidden_truth_path(out)) as tmp:
         tmp.write_bytes(_labels_csv(test))
     return target
 
 
-def test_labels_path(out: Path | str) -> Path:
+def hidden_truth_path(out: Path | str) -> Path:
     """Where `generate(out)` puts the hidden truth of its test images, in the competition's
     labels format: beside the folder `out`, so ingesting `out` never picks it up."""
     out = Path(out).resolve()

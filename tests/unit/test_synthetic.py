@@ -233,7 +233,7 @@ def test_test_images_truth_is_written_beside_the_data_set(tmp_path: Path, zipped
 
     out = tmp_path / "data"
     synthetic.generate(out, n_train=4, n_test=12, image_size=128, seed=3, zip=zipped)
-    truth_csv = synthetic.test_labels_path(out)
+    truth_csv = synthetic.hidden_truth_path(out)
     assert truth_csv.parent == tmp_path  # outside the folder ingest reads
     assert truth_csv.read_text().splitlines()[0] == "patientId,x,y,width,height,Target"
     truth = load_targets(truth_csv, image_size=128).boxes_by_patient()
