@@ -114,12 +114,14 @@ class Engine:
         return {**os.environ, "DOCKER_HOST": self.host}
 
     def docker(self, *args: str, timeout: float = 600, check: bool = True) -> str:
-        """`docker ARGS` against this engine; its stdout (stderr too on failure)."""
+        """`docker ARGS` against this engine; its stdout ("" on failure when not `check`)."""
         result = subprocess.run(
             ["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
-        if check and result.returncode != 0:
-            raise RuntimeError(f"docker {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+        if result.returncode != 0:
+            if check:
+                raise RuntimeError(f"docker {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+            return ""
         return result.stdout
 
     def import_base(self) -> str:
@@ -149,7 +151,7 @@ def start_engine() -> Engine:
         )
     engine = Engine(root, process, host)
     deadline = time.monotonic() + 60
-    while engine.docker("version", check=False, timeout=10) == "":
+    while not engine.docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10):
         if process.poll() is not None or time.monotonic() > deadline:
             log_text = (root / "dockerd.log").read_text(errors="replace")[-3000:]
             stop_engine(engine)

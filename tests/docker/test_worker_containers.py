@@ -12,6 +12,7 @@ containers' network, the pull policy, no GPUs).
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import httpx
 import pytest
 
 from flows import deployment_names as names
+from tests.docker import commands
 from tests.docker.engine import BASE_IMAGE, Engine
 from tests.integration.conftest import REPO, PrefectServer, log_tail
 from tests.seaweedfs import S3Server
@@ -75,6 +77,12 @@ def documented_env(
     }
 
 
+def venv_command(command: str) -> list[str]:
+    """A documented command with its program taken from this virtualenv."""
+    program, *args = shlex.split(command)
+    return [str(Path(sys.executable).parent / program), *args]
+
+
 def run(cmd: list[str], env: dict[str, str], timeout: float) -> str:
     """A command from the repository root; its output, or a failure showing it."""
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -95,25 +103,16 @@ def deployed(
 
     prefix = f"docker-tests/{uuid.uuid4().hex[:8]}"
     env = documented_env(prefect_server, docker_engine, seaweedfs, image_registry.address, prefix)
-    python = sys.executable
-    run(
-        [python, "-m", "flows.server_setup", "--pool", names.GPU_WORK_POOL, "--type", "docker",
-         "--network", "host", "--image-pull-policy", "Never"],
-        env, timeout=120,
-    )  # fmt: skip
+    run(venv_command(commands.SERVER_SETUP), env, timeout=120)
     started = time.monotonic()
-    output = run(
-        [str(Path(python).parent / "prefect"), "--no-prompt", "deploy", "--all",
-         "--prefect-file", "deployments/prefect.yaml"],
-        env, timeout=1500,
-    )  # fmt: skip
+    output = run(venv_command(commands.DEPLOY), env, timeout=1500)
     print(f"prefect deploy (build + push) took {time.monotonic() - started:.0f} s")
     # The worker gets nothing of the store: its runs get credentials from the pool's env.
     worker_env = {k: v for k, v in env.items() if not k.startswith(("AWS_", "KAGGLE_"))}
+    worker = shlex.split(commands.WORKER)
+    assert worker[0] == "prefect"
     worker_log = prefect_server.spawn(
-        "docker-worker",
-        *("worker", "start", "--pool", names.GPU_WORK_POOL, "--type", "docker"),
-        extra_env={**worker_env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
+        "docker-worker", *worker[1:], extra_env={**worker_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}
     )
     with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
         from prefect import get_client

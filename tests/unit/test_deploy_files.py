@@ -414,10 +414,12 @@ def test_env_example_holds_placeholders_only() -> None:
 
 
 def test_servers_doc_uses_the_files_names() -> None:
+    from tests.docker import commands
+
     doc = SERVERS_DOC.read_text()
     for needle in (
+        *(f".venv/bin/{c}" for c in (commands.SERVER_SETUP, commands.DEPLOY, commands.WORKER)),
         "docker compose -f docker/compose.yaml --env-file docker/.env up -d",
-        "prefect deploy --all --prefect-file deployments/prefect.yaml",
         "python -m flows.server_setup",
         f"prefect concurrency-limit create {names.GPU_TRAIN_TAG}",
         "deployments/k8s/base-job-template.json",
