@@ -109,6 +109,25 @@ def test_gpu_pools_take_the_deployments_as_documented(api: PrefectServer, tmp_pa
     ]
     assert train_fold.work_pool_name == "gpu-k8s"
 
+    # What each fold's child run gets from the pipeline: its own GPU on the Docker pool, the
+    # deployment's other kwargs kept; nothing on the Kubernetes pool (the scheduler's job).
+    from flows.gpu_jobs import deployment_gpu_jobs
+
+    api.cli("deploy", "--prefect-file", str(definitions), "--name", "train-fold", extra_env=storage)
+    per_fold = deployment_gpu_jobs(names.TRAIN_FOLD_DEPLOYMENT, [0, 1, 2], gpus_per_worker=2)
+    assert [j["container_create_kwargs"]["device_requests"][0]["device_ids"] for j in per_fold] == [
+        ["0"],
+        ["1"],
+        ["0"],
+    ]
+    assert {j["container_create_kwargs"]["shm_size"] for j in per_fold} == {"8g"}
+    api.cli(
+        *("deploy", "--prefect-file", str(definitions), "--name", "train-fold"),
+        *("--pool", "gpu-k8s"),
+        extra_env=storage,
+    )
+    assert deployment_gpu_jobs(names.TRAIN_FOLD_DEPLOYMENT, [0, 1], gpus_per_worker=2) == [{}, {}]
+
 
 def test_flow_runs_get_credentials_that_no_deployment_holds(
     api: PrefectServer, worker: Path, tmp_path: Path
