@@ -45,7 +45,7 @@ class RunConfig(CheckedModel):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     # model
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
-    pretrained: bool = True  # use weights from weights_path or torchvision's cache when present
+    pretrained: bool = True  # weights required: weights_path, the store or torch's hub cache
     weights_path: Annotated[str | None, NoneFromText] = Field(None, min_length=1)
     conv1_init: Literal["sum_rgb", "random"] = "sum_rgb"
     fpn_channels: int = Field(256, ge=8, le=1024)
@@ -54,6 +54,9 @@ class RunConfig(CheckedModel):
     )
     trainable_backbone_layers: int = Field(5, ge=0, le=5)
     head_groupnorm: bool = True
+    # image-level class head beside the detector (its loss weight; 0 = no head): its opacity
+    # probability can gate box scores (postprocess.gate, tuned out of fold)
+    image_head_weight: float = Field(0.0, ge=0, le=10)
     focal_alpha: float = Field(0.25, ge=0, le=1)
     focal_gamma: float = Field(2.0, ge=0, le=10)
     box_loss: Literal["l1", "smooth_l1", "giou"] = "giou"

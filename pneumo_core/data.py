@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pneumo_core import DEFAULT_DATASET
 from pneumo_core.augment import Augmenter
 from pneumo_core.errors import InputError, ObjectNotFound
-from pneumo_core.labels import BOX_COLUMNS, group_boxes
+from pneumo_core.labels import BOX_COLUMNS, CLASSES, group_boxes
 from pneumo_core.storage import ObjectStore
 
 SPLITS = ("train", "test")
@@ -153,7 +153,8 @@ class PreparedCache:
 
 class DetectionDataset(Dataset):
     """Items `(image [1,S,S] float 0..1, {"boxes": float [N,4] x1y1x2y2 cache px, "labels":
-    int64 [N] all ones}, patientId)`; N may be 0 (negatives train too).
+    int64 [N] all ones, "image_class": int64 index into labels.CLASSES, -1 when unknown},
+    patientId)`; N may be 0 (negatives train too).
 
     `split` is which image array the ids live in ("train" also serves validation: pass no
     augmenter). Call `set_epoch(e)` before iterating a loader to vary the augmentation
@@ -177,6 +178,9 @@ class DetectionDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self._rows = cache.rows(self.patient_ids, split)
+        known = cache.labels.set_index("patientId")["class"].to_dict()
+        index = {name: i for i, name in enumerate(CLASSES)}
+        self._image_class = [index.get(known.get(pid), -1) for pid in self.patient_ids]
         cache.images(split)  # resolve (download) and validate now, in the main process
 
     def set_epoch(self, epoch: int) -> None:
@@ -196,6 +200,7 @@ class DetectionDataset(Dataset):
         target = {
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.ones(len(boxes), dtype=torch.int64),
+            "image_class": torch.tensor(self._image_class[index], dtype=torch.int64),
         }
         return tensor, target, patient_id
 

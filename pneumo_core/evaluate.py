@@ -11,6 +11,7 @@ is what the submission uses; its score on those same predictions is kept as
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 import time
@@ -31,6 +32,7 @@ OOF_COLUMNS = ("patientId", "fold", "score", *BOX_COLUMNS)
 THRESHOLD_GRID = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.01))
 MAX_BOXES_GRID = (1, 2, 3, 4, 5, 6, 8)
 SHRINK_GRID = (1.0, 0.95, 0.9, 0.875, 0.85, 0.8)
+GATE_GRID = (0.0, 0.5, 1.0, 2.0)  # exponent of the image head's P(opacity); 0 = no gate
 _FOLD_KEY = re.compile(r"/fold-(\d+)/oof_predictions\.csv$")
 
 
@@ -44,10 +46,10 @@ def evaluate_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
 
     best, tables = tune(oof, gt, configured)
     tuned = configured.with_overrides(best)
-    table = tables[tuned.shrink]
+    table = tables[tuned.shrink, tuned.gate]
     in_sample, _ = mean_scored(table.image_scores(tuned.score_threshold, tuned.max_boxes))
     curve_maps, _ = table.score_grid(THRESHOLD_GRID, tuned.max_boxes)
-    at_config = _table(oof, gt, configured, configured.shrink, tables).score(
+    at_config = _table(oof, gt, configured, configured.shrink, tables, configured.gate).score(
         configured.score_threshold, configured.max_boxes
     )[0]
     values, per_fold, tuning = cross_fitted(oof, gt, configured)
@@ -105,8 +107,9 @@ def cross_fitted(
                 "score_threshold": configured.score_threshold,
                 "max_boxes": configured.max_boxes,
                 "shrink": configured.shrink,
+                "gate": configured.gate,
             }
-        table = _table(own, own_gt, configured, setting["shrink"], {})
+        table = _table(own, own_gt, configured, setting["shrink"], {}, setting["gate"])
         values = table.image_scores(setting["score_threshold"], setting["max_boxes"])
         fold_map, fold_scored = mean_scored(values)
         per_fold.append(
@@ -124,25 +127,26 @@ def cross_fitted(
 
 def tune(
     oof: pd.DataFrame, gt: dict[str, np.ndarray], configured: PostprocessConfig
-) -> tuple[dict[str, Any], dict[float, ScoreTable]]:
-    """Best (score_threshold, max_boxes, shrink) on the grids the configuration opens up;
-    ties keep the first setting found. Returns it and the ScoreTable built per shrink."""
+) -> tuple[dict[str, Any], dict[tuple[float, float], ScoreTable]]:
+    """Best (score_threshold, max_boxes, shrink, gate) on the grids the configuration opens
+    up (the gate only where the predictions carry an image opacity); ties keep the first
+    setting found. Returns it and the ScoreTable built per (shrink, gate)."""
     thresholds = THRESHOLD_GRID if configured.tune else (configured.score_threshold,)
     max_boxes = MAX_BOXES_GRID if configured.tune else (configured.max_boxes,)
     shrinks = SHRINK_GRID if configured.tune_shrink else (configured.shrink,)
-    tables: dict[float, ScoreTable] = {}
+    with_opacity = "opacity" in oof and oof["opacity"].notna().any()
+    gates = GATE_GRID if configured.tune_gate and with_opacity else (configured.gate,)
+    tables: dict[tuple[float, float], ScoreTable] = {}
     best: tuple[float, dict[str, Any]] = (-math.inf, {})
-    for shrink in shrinks:
-        table = _table(oof, gt, configured, shrink, tables)
+    for shrink, gate in itertools.product(shrinks, gates):
+        table = _table(oof, gt, configured, shrink, tables, gate)
         for limit in max_boxes:
             maps, _ = table.score_grid(thresholds, limit)
             maps = np.where(np.isnan(maps), -math.inf, maps)
             i = int(np.argmax(maps))
             if maps[i] > best[0] or not best[1]:
-                best = (
-                    float(maps[i]),
-                    {"score_threshold": thresholds[i], "max_boxes": limit, "shrink": shrink},
-                )
+                setting = {"score_threshold": thresholds[i], "max_boxes": limit}
+                best = (float(maps[i]), setting | {"shrink": shrink, "gate": gate})
     return best[1], tables
 
 
@@ -189,24 +193,28 @@ def _table(
     gt: dict[str, np.ndarray],
     configured: PostprocessConfig,
     shrink: float,
-    tables: dict[float, ScoreTable],
+    tables: dict[tuple[float, float], ScoreTable],
+    gate: float = 0.0,
 ) -> ScoreTable:
-    """The ScoreTable of the predictions shrunk by `shrink`, built once per value; exact up to
-    the largest max_boxes tried."""
-    if shrink not in tables:
+    """The ScoreTable of the predictions shrunk by `shrink` and gated by `gate`, built once
+    per pair; exact up to the largest max_boxes tried."""
+    if (shrink, gate) not in tables:
         boxes = oof.dropna(subset=["score"])
+        scores = boxes["score"].to_numpy(np.float64)
+        if "opacity" in boxes and gate:
+            scores = scores * boxes["opacity"].fillna(1.0).to_numpy(np.float64) ** gate
         index = {pid: i for i, pid in enumerate(gt)}
         gt_image = np.repeat(np.arange(len(gt)), [len(b) for b in gt.values()])
-        tables[shrink] = ScoreTable.build(
+        tables[shrink, gate] = ScoreTable.build(
             list(gt),
             gt_image=gt_image,
             gt_boxes=np.concatenate([*gt.values(), np.zeros((0, 4))]),
             pred_image=boxes["patientId"].map(index).to_numpy(),
             pred_boxes=shrink_boxes(boxes[list(BOX_COLUMNS)].to_numpy(np.float64), shrink),
-            pred_scores=boxes["score"].to_numpy(np.float64),
+            pred_scores=scores,
             keep_top=max(*MAX_BOXES_GRID, configured.max_boxes),
         )
-    return tables[shrink]
+    return tables[shrink, gate]
 
 
 def _subset(gt: dict[str, np.ndarray], oof: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -220,7 +228,7 @@ def _standard_error(values: np.ndarray) -> float:
 
 
 def _read_oof_file(store: ObjectStore, key: str) -> pd.DataFrame:
-    frame = _read_csv(store, key, OOF_COLUMNS)
+    frame = _read_csv(store, key, OOF_COLUMNS, optional=("opacity",))
     numeric = ["score", *BOX_COLUMNS]
     with_box = frame[numeric].notna()
     partial = with_box.any(axis=1) & ~with_box.all(axis=1)
@@ -238,8 +246,11 @@ def _read_oof_file(store: ObjectStore, key: str) -> pd.DataFrame:
     return frame
 
 
-def _read_csv(store: ObjectStore, key: str, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Columns of a stored CSV; numeric columns other than patientId must parse."""
+def _read_csv(
+    store: ObjectStore, key: str, columns: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Columns of a stored CSV (and the `optional` ones it has); numeric columns other than
+    patientId must parse."""
     try:
         data = store.get_bytes(key)
     except ObjectNotFound:
@@ -251,6 +262,7 @@ def _read_csv(store: ObjectStore, key: str, columns: tuple[str, ...]) -> pd.Data
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InputError(f"{key}: missing column(s) {', '.join(missing)}")
+    columns = (*columns, *(c for c in optional if c in frame.columns))
     frame = frame[list(columns)]
     for column in columns[1:]:
         converted = pd.to_numeric(frame[column], errors="coerce")

@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torchvision
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -31,11 +33,21 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from pneumo_core import postprocess
 from pneumo_core.config import RunConfig
 from pneumo_core.errors import InputError
+from pneumo_core.labels import CLASSES, POSITIVE_CLASS
 from pneumo_core.weights import WeightsFile
 
 log = logging.getLogger(__name__)
 
 Detection = tuple[np.ndarray, np.ndarray]  # boxes xywh [M, 4] (cache px), scores [M]
+
+
+class Detected(NamedTuple):
+    """One image's fused detections and, with an image head, its P(Lung Opacity)."""
+
+    boxes: np.ndarray  # xywh [M, 4], cache px
+    scores: np.ndarray  # [M], not gated
+    opacity: float | None
+
 
 NUM_CLASSES = 2  # background + opacity, as torchvision counts them
 IMAGE_MEAN = [0.485]
@@ -102,7 +114,9 @@ def build_model(
         c, n_anchors, NUM_CLASSES, config.focal_alpha, config.focal_gamma, norm
     )
     head.regression_head._loss_type = config.box_loss
-    model = RetinaNet(
+    detector = GatedRetinaNet if config.image_head_weight > 0 else RetinaNet
+    extra = {"image_head_weight": config.image_head_weight} if config.image_head_weight else {}
+    model = detector(
         backbone,
         NUM_CLASSES,
         min_size=config.image_size,
@@ -113,6 +127,7 @@ def build_model(
         head=head,
         score_thresh=config.oof_score_floor,
         detections_per_img=config.detections_per_img,
+        **extra,
     )
     if weights is None:
         return model, ModelInfo(weights=None, frozen_bn=frozen_bn)
@@ -141,6 +156,42 @@ def build_model(
         weights.path, weights.origin, info.tensors_loaded, info.tensors_skipped, 100 * share,
     )  # fmt: skip
     return model, info
+
+
+class GatedRetinaNet(RetinaNet):
+    """RetinaNet with the 2nd-place solution's image-level head: the three classes of
+    stage_2_detailed_class_info.csv from the pooled pyramid features. Training adds its
+    cross-entropy, times `image_head_weight`, as loss `image_class` (targets without a known
+    class, -1, are ignored); evaluation adds `opacity`, P(Lung Opacity), to each image's
+    detections, by which post-processing may multiply box scores."""
+
+    def __init__(self, *args, image_head_weight: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.image_head = nn.Linear(self.backbone.out_channels, len(CLASSES))
+        self.image_head_weight = image_head_weight
+        self._features: list[Tensor] = []
+        self.backbone.register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module: nn.Module, inputs: object, output: dict) -> None:
+        self._features = list(output.values())
+
+    def image_logits(self) -> Tensor:
+        """Class logits of the images of the last forward pass: pooled level by level."""
+        pooled = torch.stack([f.float().mean(dim=(2, 3)) for f in self._features]).mean(0)
+        return self.image_head(pooled)
+
+    def forward(self, images, targets=None):
+        out = super().forward(images, targets)
+        logits = self.image_logits()
+        if self.training:
+            wanted = torch.stack([t["image_class"] for t in targets])
+            loss = F.cross_entropy(logits, wanted, ignore_index=-1)
+            out["image_class"] = self.image_head_weight * torch.nan_to_num(loss)
+            return out
+        opacity = logits.softmax(-1)[:, CLASSES.index(POSITIVE_CLASS)]
+        for detections, p in zip(out, opacity, strict=True):
+            detections["opacity"] = p
+        return out
 
 
 class FocalClassificationHead(RetinaNetClassificationHead):
@@ -204,15 +255,18 @@ def losses_and_detections(
 @torch.no_grad()
 def detect_batch(
     models: Sequence[RetinaNet], images: list[Tensor], config: RunConfig
-) -> list[Detection]:
+) -> list[Detected]:
     """Per image: every model's boxes, on the image and (with TTA) its mirror, fused into one
-    set (xywh, cache px). A single model without TTA is returned unfused."""
+    set (xywh, cache px), and the mean opacity probability of the models' image heads (None
+    without). A single model without TTA is returned unfused."""
     width = images[0].shape[-1]
     variants: list[list[Detection]] = [[] for _ in images]
+    opacities: list[list[float]] = [[] for _ in images]
     for model in models:
         for flipped in (False, True) if config.tta_hflip else (False,):
             batch = [img.flip(-1) for img in images] if flipped else images
-            for found, output in zip(variants, model(batch), strict=True):
+            outputs = model(batch)
+            for found, output in zip(variants, outputs, strict=True):
                 boxes = output["boxes"].float().cpu().numpy()
                 if flipped:
                     boxes = np.stack(
@@ -221,9 +275,18 @@ def detect_batch(
                 xywh = boxes.copy()
                 xywh[:, 2:] -= xywh[:, :2]
                 found.append((xywh, output["scores"].float().cpu().numpy()))
-    if len(variants[0]) == 1:
-        return [v[0] for v in variants]
-    return [postprocess.fuse(v, config.postprocess, image_size=width) for v in variants]
+            for probs, output in zip(opacities, outputs, strict=True):
+                if "opacity" in output:
+                    probs.append(float(output["opacity"]))
+    fused = (
+        [v[0] for v in variants]
+        if len(variants[0]) == 1
+        else [postprocess.fuse(v, config.postprocess, image_size=width) for v in variants]
+    )
+    return [
+        Detected(boxes, scores, float(np.mean(probs)) if probs else None)
+        for (boxes, scores), probs in zip(fused, opacities, strict=True)
+    ]
 
 
 def _anchor_generator() -> AnchorGenerator:

@@ -35,6 +35,10 @@ class PostprocessConfig(CheckedModel):
     skip_threshold: float = Field(0.05, ge=0, lt=1)  # boxes below this never enter a fusion
     tune: bool = True
     tune_shrink: bool = True
+    # The image-level gate (2nd place): box scores x P(opacity)^gate, where the model has an
+    # image head (config.image_head_weight > 0); 0 = off. Tuned on OOF when tune_gate.
+    gate: float = Field(0.0, ge=0, le=4)
+    tune_gate: bool = True
 
 
 def shrink_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
@@ -47,10 +51,21 @@ def shrink_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
     return np.column_stack([centre_x - width / 2, centre_y - height / 2, width, height])
 
 
-def apply(boxes: np.ndarray, scores: np.ndarray, cfg: PostprocessConfig) -> Prediction:
-    """Boxes with score >= threshold, at most max_boxes, most confident first, shrunk."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+def gated(scores: np.ndarray, opacity: float | None, gate: float) -> np.ndarray:
+    """Box scores times the image's opacity probability to the power `gate` (unchanged
+    without a probability or with gate 0)."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if opacity is None or gate == 0 or np.isnan(opacity):
+        return scores
+    return scores * float(opacity) ** gate
+
+
+def apply(
+    boxes: np.ndarray, scores: np.ndarray, cfg: PostprocessConfig, opacity: float | None = None
+) -> Prediction:
+    """Boxes with (gated) score >= threshold, at most max_boxes, most confident first, shrunk."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = gated(scores, opacity, cfg.gate)
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] >= cfg.score_threshold][: cfg.max_boxes]
     return shrink_boxes(boxes[order], cfg.shrink), scores[order]

@@ -147,7 +147,7 @@ def _detect(
     ]
     with torch.no_grad():
         fused = detect_batch(models, tensors, config)
-    return [postprocess.apply(boxes, scores, post) for boxes, scores in fused]
+    return [postprocess.apply(d.boxes, d.scores, post, d.opacity) for d in fused]
 
 
 def _to_original(boxes: np.ndarray, scores: np.ndarray, meta: Any, size: int) -> Detection:

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 OnEpoch = Callable[[dict[str, Any]], None]
 # Score thresholds tried for the per-epoch validation mAP (evaluate.py tunes properly on OOF).
 VAL_THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # 0.1 .. 0.9
-OOF_COLUMNS = ["patientId", "fold", "score", "x", "y", "width", "height"]
+# opacity: the image head's P(Lung Opacity), repeated on each row of the image; empty without
+OOF_COLUMNS = ["patientId", "fold", "score", "x", "y", "width", "height", "opacity"]
 
 
 def new_run_id() -> str:
@@ -228,7 +229,7 @@ class _FoldTrainer:
                 images, targets = self._to_device(images, targets)
                 with self._autocast(amp_dtype):
                     losses = model(images, targets)
-                loss = losses["classification"] + losses["bbox_regression"]
+                loss = sum(losses.values())  # + the image head's, weighted, when it has one
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"fold {self.fold} epoch {epoch}: loss is {loss.item()}"
@@ -281,14 +282,14 @@ class _FoldTrainer:
         for images, _, ids in loader:
             images = [img.to(self.device, non_blocking=True) for img in images]
             results = detect_batch([model], images, self.config)
-            for pid, (boxes, scores) in zip(ids, results, strict=True):
+            for pid, (boxes, scores, opacity) in zip(ids, results, strict=True):
                 sx, sy = self.to_original[pid]
                 if len(scores) == 0:
-                    rows.append((pid, self.fold, None, None, None, None, None))
+                    rows.append((pid, self.fold, None, None, None, None, None, opacity))
                 for (x, y, w, h), s in zip(boxes, scores, strict=True):
-                    rows.append((pid, self.fold, float(s), x * sx, y * sy, w * sx, h * sy))
+                    rows.append((pid, self.fold, float(s), x * sx, y * sy, w * sx, h * sy, opacity))
         return pd.DataFrame(rows, columns=OOF_COLUMNS).round(
-            {"score": 5, "x": 1, "y": 1, "width": 1, "height": 1}
+            {"score": 5, "x": 1, "y": 1, "width": 1, "height": 1, "opacity": 5}
         )
 
     # --- helpers -------------------------------------------------------------------------------

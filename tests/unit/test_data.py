@@ -14,6 +14,7 @@ from pneumo_core.augment import AugmentConfig, Augmenter
 from pneumo_core.data import DetectionDataset, PreparedCache, collate, make_loader
 from pneumo_core.errors import InputError
 from pneumo_core.kaggle import ingest
+from pneumo_core.labels import CLASSES
 from pneumo_core.prepare import prepare_dataset
 from pneumo_core.storage import LocalStore
 
@@ -54,11 +55,15 @@ def test_items_without_augmentation_are_the_cached_pixels(cache, tiny_prepared):
     _, negative, _ = dataset[1]
     assert negative["boxes"].shape == (0, 4) and negative["labels"].dtype == torch.int64
     assert len(negative["labels"]) == 0
+    # the image class for the image head: index into labels.CLASSES
+    assert CLASSES[int(target["image_class"])] == "Lung Opacity"
+    assert CLASSES[int(negative["image_class"])] == "Normal"
 
 
 def test_test_split_items_have_no_boxes(cache):
     image, target, pid = DetectionDataset(cache, ["test-1"], split="test")[0]
     assert pid == "test-1" and image.shape == (1, 64, 64) and len(target["boxes"]) == 0
+    assert int(target["image_class"]) == -1  # no class known: the image head ignores it
 
 
 def test_augmented_boxes_still_cover_the_bright_content(cache):

@@ -187,3 +187,23 @@ def test_unknown_patient_and_missing_cache(tmp_path):
     store.delete(f"prepared/{DATASET}/{SIZE}/boxes.csv")
     with pytest.raises(InputError, match=r"boxes\.csv is missing"):
         evaluate_run(store, RUN)
+
+
+def test_the_gate_is_tuned_when_the_predictions_carry_an_opacity(tmp_path):
+    """False positives on negative images outscore some true boxes, but the image head
+    knows those images are clear: gating by P(opacity) separates them."""
+    scores = {f: {"true": (0.5, 0.7), "false": (0.55, 0.8)} for f in (0, 1)}
+    store = make_run(tmp_path, postprocess={"tune_shrink": False}, scores=scores)
+    plain = evaluate_run(store, RUN)
+    assert plain["postprocess"]["gate"] == 0.0  # no opacity column: nothing to tune
+    labels = pd.read_csv(io.BytesIO(store.get_bytes(f"prepared/{DATASET}/{SIZE}/labels.csv")))
+    positive = dict(zip(labels["patientId"], labels["target"], strict=True))
+    for fold in (0, 1):
+        key = f"runs/{RUN}/fold-{fold}/oof_predictions.csv"
+        frame = pd.read_csv(io.BytesIO(store.get_bytes(key)))
+        frame["opacity"] = frame["patientId"].map(lambda p: 0.9 if positive[p] else 0.2)
+        write_oof(store, fold, frame)
+    gated = evaluate_run(store, RUN)
+    assert gated["postprocess"]["gate"] > 0
+    assert all(f["tuned_on_other_folds"]["gate"] > 0 for f in gated["per_fold"])
+    assert gated["oof_map"] > plain["oof_map"]

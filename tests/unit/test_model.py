@@ -213,3 +213,22 @@ def test_flip_tta_maps_mirrored_boxes_back(empty_hub):
     mirrored[:, 0] = S - plain[0][:, 0] - plain[0][:, 2]
     expected = np.concatenate([plain[0], mirrored]).astype(np.float64)
     assert np.allclose(np.unique(both[0].round(3), axis=0), np.unique(expected.round(3), axis=0))
+
+
+def test_image_head_adds_its_loss_and_an_opacity_per_image(empty_hub):
+    cfg = _cfg(image_head_weight=0.1, tta_hflip=True)
+    model, _ = build_model(cfg)
+    images, targets = _batch()
+    targets[0]["image_class"] = torch.tensor(0)  # Lung Opacity
+    targets[1]["image_class"] = torch.tensor(-1)  # unknown: ignored
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == {"classification", "bbox_regression", "image_class"}
+    sum(losses.values()).backward()
+    assert model.image_head.weight.grad.abs().sum() > 0
+    model.eval()
+    detected = detect_batch([model], images, cfg)
+    assert all(0.0 <= d.opacity <= 1.0 for d in detected)
+    plain, _ = build_model(_cfg())
+    plain.eval()
+    assert all(d.opacity is None for d in detect_batch([plain], images, _cfg()))

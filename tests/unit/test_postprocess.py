@@ -88,3 +88,13 @@ def test_fusing_nothing():
     for fusion in ("wbf", "nms", "none"):
         boxes, scores = fuse([empty, empty], PostprocessConfig(fusion=fusion))
         assert boxes.shape == (0, 4) and scores.shape == (0,)
+
+
+def test_the_gate_multiplies_scores_by_the_opacity_probability():
+    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 10.0, 10.0]])
+    scores = np.array([0.9, 0.6])
+    cfg = PostprocessConfig(score_threshold=0.5, gate=1.0)
+    kept, kept_scores = apply(boxes, scores, cfg, opacity=0.6)
+    assert len(kept) == 1 and kept_scores[0] == pytest.approx(0.54)
+    assert len(apply(boxes, scores, cfg)[0]) == 2  # no image head: no gate
+    assert len(apply(boxes, scores, cfg.with_overrides({"gate": 0.0}), opacity=0.1)[0]) == 2
