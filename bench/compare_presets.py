@@ -2,8 +2,9 @@
 
 Every recipe trains the same folds of the same prepared cache for the same number of epochs
 with the same small backbone (ResNet-18-FPN standing in for ResNet-50 on a CPU), from random
-weights (no pretrained weights can be fetched here), then `evaluate` tunes and scores its
-out-of-fold predictions. Prints a table and the command that reproduces it.
+weights (`pretrained=false`: the comparison is about the recipes, not the weights), then
+`evaluate` tunes and scores its out-of-fold predictions. Prints a table and the command that
+reproduces it.
 
     .venv/bin/python bench/compare_presets.py            # hard data: seed vs default, naive
     .venv/bin/python bench/compare_presets.py --recipes seed,default --epochs 6
@@ -141,7 +142,8 @@ def _train_and_score(store, name: str, difficulty: str, config: RunConfig) -> di
         "recipe": name,
         "data": difficulty,
         "preset": config.preset,
-        "oof_map": result["oof_map"],
+        "oof_map": result["oof_map"],  # cross-fitted post-processing
+        "oof_map_in_sample": result["oof_map_in_sample"],
         # What the recipe's predictions would score at their best threshold, tuned or not.
         "oof_map_any_threshold": max(
             (c["map"] for c in result["curve"] if c["map"] is not None), default=None
