@@ -1,32 +1,34 @@
-"""DICOM decode speed on the real competition files: read_dicom against the other paths.
+"""DICOM decode speed: `read_dicom` against pydicom's default decode, and the bare JPEG limit.
 
 Each decoder starts from the file's bytes in memory and ends with a uint8 array, one thread,
-best of several passes over the 16 real DICOMs in ../shared/rsna-sample (skips cleanly when
-they are absent). Prints ms per image side by side:
+best of several passes in which the decoders take turns (a shared machine then disturbs them
+alike). The baseline is what a seed-style notebook gets from `ds.pixel_array` on a fresh
+install: pydicom's Pillow plugin, the only JPEG Baseline decoder pydicom finds without
+pylibjpeg or GDCM; it is pinned (`decoding_plugin="pillow"`) so the figure does not change
+with whatever else is installed. The limit is the JPEG frame decoded by OpenCV with no
+checks (frames taken out beforehand). Images: 16 synthetic 1024 px JPEG-Baseline DICOMs,
+or the .dcm files of --images (e.g. the competition's stage_2_train_images).
 
-    .venv/bin/python bench/bench_decode.py [--images DIR] [--repeat N]
+    .venv/bin/python -m bench.bench_decode [--images DIR] [--repeat N]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import sys
-import time
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
-from PIL import Image
 from pydicom.encaps import generate_frames
 
+from bench.record import emit
+from bench.timing import best_of_turns, synthetic_dicoms
 from pneumo_core.dicom import read_dicom
 
-DEFAULT_IMAGES = (
-    Path(__file__).resolve().parents[2] / "shared" / "rsna-sample" / "stage_2_train_images"
-)
+BASELINE_PLUGIN = "pillow"
 
 
 def jpeg_frame(data: bytes) -> bytes:
@@ -34,64 +36,50 @@ def jpeg_frame(data: bytes) -> bytes:
     return next(generate_frames(ds.PixelData, number_of_frames=1))
 
 
-def pixel_array(plugin: str | None) -> Callable[[bytes], np.ndarray]:
-    def decode(data: bytes) -> np.ndarray:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        if plugin is None:
-            return ds.pixel_array  # what pydicom picks by itself
-        return pydicom.pixels.pixel_array(ds, decoding_plugin=plugin)
-
-    return decode
+def pydicom_default(data: bytes) -> np.ndarray:
+    """The seed-style decode, with pydicom's fresh-install decoder pinned."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    return pydicom.pixels.pixel_array(ds, decoding_plugin=BASELINE_PLUGIN)
 
 
-DECODERS: dict[str, Callable[[bytes], np.ndarray]] = {
-    "read_dicom (pneumo: encaps frame + cv2.imdecode, validated)": lambda d: read_dicom(d).pixels,
-    "pydicom ds.pixel_array (its own pick)": pixel_array(None),
-    "pydicom pixel_array, Pillow plugin": pixel_array("pillow"),
-    "pydicom pixel_array, pylibjpeg plugin": pixel_array("pylibjpeg"),
-    "bare JPEG: encaps frame + cv2.imdecode": lambda d: cv2.imdecode(
-        np.frombuffer(jpeg_frame(d), np.uint8), cv2.IMREAD_UNCHANGED
-    ),
-    "bare JPEG: encaps frame + PIL.Image.open": lambda d: np.asarray(
-        Image.open(io.BytesIO(jpeg_frame(d)))
-    ),
-    "header only: dcmread + frame extraction": jpeg_frame,
-}
+def bare_jpeg(frame: bytes) -> np.ndarray:
+    """The limit: a JPEG frame already taken out of its DICOM, decoded by OpenCV."""
+    return cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def ms_per_image(files: list[bytes], repeat: int) -> dict[str, float]:
-    """Best pass per decoder; the decoders take turns in each round so that load from other
-    processes on a shared machine hits them alike."""
-    best = dict.fromkeys(DECODERS, float("inf"))
-    for decode in DECODERS.values():
-        decode(files[0])  # warm up imports and plugin discovery
-    for _ in range(repeat):
-        for name, decode in DECODERS.items():
-            start = time.perf_counter()
-            for data in files:
-                decode(data)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: 1000 * seconds / len(files) for name, seconds in best.items()}
-
-
-def main() -> int:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
+    parser.add_argument("--images", type=Path, help="folder of .dcm files (default: synthetic)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    paths = sorted(args.images.glob("*.dcm"))
-    if not paths:
-        print(f"skipped: no .dcm files in {args.images}")
-        return 0
     cv2.setNumThreads(1)
-    files = [p.read_bytes() for p in paths]
-    print(f"{len(files)} DICOMs from {args.images}, best of {args.repeat} passes, 1 thread")
-    timings = ms_per_image(files, args.repeat)
-    baseline = next(iter(timings.values()))
-    for name, ms in timings.items():
-        print(f"{ms:7.2f} ms/image  {ms / baseline:5.2f}x read_dicom  {name}")
-    return 0
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
+        folder = args.images or synthetic_dicoms(Path(tmp), 16, 1024)
+        files = [p.read_bytes() for p in sorted(folder.glob("*.dcm"))]
+    if not files:
+        raise SystemExit(f"no .dcm files in {folder}")
+    frames = [jpeg_frame(d) for d in files]
+    seconds = best_of_turns(
+        {
+            "ours": lambda: [read_dicom(d).pixels for d in files],
+            "baseline": lambda: [pydicom_default(d) for d in files],
+            "limit": lambda: [bare_jpeg(f) for f in frames],
+        },
+        args.repeat,
+    )
+    ms = {k: 1000 * s / len(files) for k, s in seconds.items()}
+    images = "real" if args.images else "synthetic 1024 px"
+    emit(
+        "DICOM decode, JPEG Baseline 1024 px",
+        ms["ours"],
+        "ms/image",
+        baseline=ms["baseline"],
+        limit=ms["limit"],
+        higher_is_better=False,
+        note=f"{len(files)} {images} DICOMs, 1 thread; baseline pydicom "
+        f"{pydicom.__version__} pixel_array with the {BASELINE_PLUGIN} plugin",
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

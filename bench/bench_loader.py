@@ -1,26 +1,25 @@
-"""Training-loader throughput at 512 px with full (seed-recipe) augmentation, per core.
+"""Training-loader throughput at 512 px with the full seed augmentation, per core.
 
-Two loaders over the same synthetic 1024 px JPEG-Baseline DICOMs (`synthetic.generate`),
-both through a torch DataLoader with `num_workers=0` and one thread (OpenCV, torch), so the
-figure is images per second per core:
+Two loaders over the same synthetic 1024 px JPEG-Baseline DICOMs, both through a torch
+DataLoader with `num_workers=0` and one thread (OpenCV, torch), so the figure is images per
+CPU-second of one core (robust on a shared machine), best of --repeat passes taking turns:
 
 - ours: `data.DetectionDataset` over the prepared cache (`prepare_dataset` at 512 px):
   memory-mapped uint8 rows, one `cv2.warpAffine`, imgaug photometric ops;
-- seed-style: every item decodes its DICOM with `pydicom.dcmread(...).pixel_array`, warps it
-  with `skimage.transform.warp` (1024 -> 512 folded into the same affine matrix: one warp, the
-  cheapest a seed-style loader can do) and applies the same imgaug photometric ops.
+- baseline (seed-style): every item decodes its DICOM with pydicom (`pixel_array`, the Pillow
+  plugin pinned as in `bench.bench_decode`: what a fresh install uses), warps it with
+  `skimage.transform.warp` (1024 -> 512 folded into the same affine matrix: one warp, the
+  cheapest a seed-style loader can do) and applies the same imgaug photometric ops;
+- limit: the rate the `default` recipe's training step consumes images on one core with data
+  in memory (`bench.bench_train`): a loader above it never makes training wait.
 
-Rates are images per CPU-second of this process (robust on a shared machine); wall-clock
-rates are printed beside them. Best of --repeat passes over the images.
-
-    .venv/bin/python bench/bench_loader.py [--n-images 64] [--repeat 3]
+    .venv/bin/python -m bench.bench_loader [--n-images 48] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -30,8 +29,13 @@ import torch
 from skimage.transform import AffineTransform, warp
 from torch.utils.data import DataLoader, Dataset
 
-from pneumo_core import DEFAULT_DATASET, synthetic
+from bench.bench_decode import BASELINE_PLUGIN
+from bench.bench_train import fixed_batch, step_fn
+from bench.record import emit
+from bench.timing import best_of_turns, synthetic_dicoms
+from pneumo_core import DEFAULT_DATASET
 from pneumo_core.augment import AugmentConfig, Augmenter, transform_boxes
+from pneumo_core.config import preset
 from pneumo_core.data import DetectionDataset, Item, PreparedCache, collate, make_loader
 from pneumo_core.kaggle import ingest
 from pneumo_core.prepare import prepare_dataset
@@ -58,7 +62,8 @@ class SeedStyleDataset(Dataset):
 
     def __getitem__(self, index: int) -> Item:
         rng = np.random.default_rng((0, 0, index))
-        pixels = pydicom.dcmread(self.files[index]).pixel_array
+        ds = pydicom.dcmread(self.files[index])
+        pixels = pydicom.pixels.pixel_array(ds, decoding_plugin=BASELINE_PLUGIN)
         shrink = AffineTransform(scale=SIZE / pixels.shape[0]).params
         # 1024 px pixel centres to 512 px ones (x / 2 - 0.25), then the augmentation matrix.
         to_half = AffineTransform(translation=(-0.25, -0.25)).params
@@ -81,46 +86,42 @@ class SeedStyleDataset(Dataset):
         return tensor, target, patient_id
 
 
-def rate(loader: DataLoader, repeat: int) -> tuple[float, float]:
-    """(images per CPU-second, images per wall-second), best of `repeat` full passes."""
-    best_cpu = best_wall = float("inf")
-    for _ in range(repeat):
-        cpu, wall = time.process_time(), time.perf_counter()
-        n = sum(len(ids) for _, _, ids in loader)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-    return n / best_cpu, n / best_wall
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-images", type=int, default=64)
+    parser.add_argument("--n-images", type=int, default=48)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     config = AugmentConfig.seed_recipe()
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
-        source = synthetic.generate(Path(tmp) / "src", n_train=args.n_images, n_test=0, seed=0)
+        folder = synthetic_dicoms(Path(tmp), args.n_images, 1024)
         store = LocalStore(Path(tmp) / "store")
-        ingest(str(source), store, progress=False)
+        ingest(str(folder.parent), store, progress=False)
         prepare_dataset(store, image_size=SIZE, n_folds=2, workers=1, progress=False)
         cache = PreparedCache(store, DEFAULT_DATASET, SIZE)
         ids = cache.patient_ids("train")
-        ours = DetectionDataset(cache, ids, augmenter=Augmenter(config))
-        files = [source / "stage_2_train_images" / f"{pid}.dcm" for pid in ids]
-        seed_style = SeedStyleDataset(files, cache, config)
-        our_cpu, our_wall = rate(make_loader(ours, BATCH, shuffle=True), args.repeat)
-        seed_loader = DataLoader(seed_style, batch_size=BATCH, shuffle=True, collate_fn=collate)
-        seed_cpu, seed_wall = rate(seed_loader, args.repeat)
-    print(f"loader throughput at {SIZE} px, seed-recipe augmentation, {len(ids)} images, 1 core")
-    print(f"{'loader':<44} {'img/s/core (CPU)':>17} {'img/s (wall)':>13}")
-    print(f"{'ours: memmap cache + warpAffine + imgaug':<44} {our_cpu:>17.1f} {our_wall:>13.1f}")
-    print(
-        f"{'seed-style: pydicom + skimage warp + imgaug':<44} {seed_cpu:>17.1f} {seed_wall:>13.1f}"
+        ours = make_loader(DetectionDataset(cache, ids, augmenter=Augmenter(config)), BATCH)
+        files = [folder / f"{pid}.dcm" for pid in ids]
+        seed_style = DataLoader(
+            SeedStyleDataset(files, cache, config), batch_size=BATCH, collate_fn=collate
+        )
+        seconds = best_of_turns(
+            {"ours": lambda: list(ours), "baseline": lambda: list(seed_style)}, args.repeat
+        )
+        images, targets, _ = next(iter(ours))
+        model = preset("default", pretrained=False, image_size=SIZE, batch_size=BATCH)
+        step = best_of_turns({"limit": step_fn(model, fixed_batch((images, targets)))}, 1)
+    emit(
+        f"training loader at {SIZE} px, seed augmentation, per core",
+        len(ids) / seconds["ours"],
+        "images/s",
+        baseline=len(ids) / seconds["baseline"],
+        limit=BATCH / step["limit"],
+        note=f"{len(ids)} synthetic images; baseline pydicom ({BASELINE_PLUGIN} plugin) + skimage "
+        "warp + imgaug; limit: the default recipe's training step (ResNet-50, data in memory) "
+        "on one core, the rate a loader must exceed",
     )
-    ratio_cpu, ratio_wall = our_cpu / seed_cpu, our_wall / seed_wall
-    print(f"ratio ours / seed-style: {ratio_cpu:.1f}x (CPU), {ratio_wall:.1f}x (wall)")
 
 
 if __name__ == "__main__":
