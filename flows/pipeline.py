@@ -22,12 +22,14 @@ from flows.deployment_names import PIPELINE_FLOW, TRAIN_FOLD_DEPLOYMENT
 from flows.gpu_jobs import deployment_gpu_jobs
 from flows.train_fold import train_fold_flow
 from pneumo_core import champion, config, kaggle
+from pneumo_core.config_form import RunOverrides
 from pneumo_core.errors import InputError, PneumoError
 from pneumo_core.run_ids import check_run_id
 from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import load_run_config, run_key
 from tasks.data import ingest, prepare_dataset, source_fingerprint
 from tasks.evaluation import evaluate_run, promote, write_report
+from tasks.kaggle_submit import submit_to_kaggle
 from tasks.policy import result_storage
 from tasks.prediction import predict_test_images
 from tasks.training import create_run, train_fold_on_worker
@@ -63,7 +65,7 @@ def pipeline(
     source: str,
     storage: str,
     preset: str = "default",
-    overrides: dict[str, Any] | None = None,
+    overrides: RunOverrides | None = None,
     folds: list[int] | None = None,
     fold_runner: FoldRunner = "local",
     run_id: str | None = None,
@@ -71,20 +73,25 @@ def pipeline(
     promotion_margin: float = champion.DEFAULT_MARGIN,
     fold_deployment: str = TRAIN_FOLD_DEPLOYMENT,
     gpus_per_worker: int = 1,
+    submit: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one run end to end; returns where its outputs are.
 
-    `run_id` names an existing run to resume (its stored configuration wins) or a new one;
+    `overrides` are typed and ranged (a form in the UI); an empty field keeps the preset's
+    value. `run_id` names an existing run to resume (its stored configuration wins) or a new
+    one;
     `folds` limits training to some folds (None: all); `max_parallel_folds` caps the local
     runner (None: one per GPU, else the configuration's value, 1 on CPU);
     `gpus_per_worker` is N of the deployment runner: fold k gets GPU k mod N of its Docker
-    worker's host (0: no GPU).
+    worker's host (0: no GPU);
+    `submit` sends the submission to Kaggle when the run becomes the champion.
     """
     logger = get_run_logger()
     if run_id is not None:
         check_run_id(run_id)  # before any work: a bad id must not leave a half-made run behind
     store = open_store(storage)
-    run_config = _resolve_config(store, preset, overrides or {}, run_id)
+    asked = overrides.to_overrides() if overrides else {}
+    run_config = _resolve_config(store, preset, asked, run_id)
     chosen = _check_folds(folds, run_config.n_folds)  # bad input fails before any work
     if fold_runner not in ("local", "deployment"):
         raise InputError(f"fold_runner {fold_runner!r}: choose local or deployment")
@@ -150,7 +157,10 @@ def pipeline(
         "promoted": bool(decision and decision.promoted),
         "promotion": decision.reason if decision else "not decided: not every fold trained",
         **outputs,
+        "kaggle": None,
     }
+    if submit and decision is not None and decision.promoted:
+        summary["kaggle"] = submit_to_kaggle(uri, run_id)
     logger.info("run %s finished: %s", run_id, summary)
     return summary
 

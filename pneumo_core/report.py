@@ -25,9 +25,11 @@ from matplotlib.patches import Rectangle
 from pneumo_core import postprocess
 from pneumo_core.champion import Decision
 from pneumo_core.data import PreparedCache
-from pneumo_core.errors import ObjectNotFound
+from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.evaluate import read_oof, read_truth
+from pneumo_core.model_card import CARD_NAME
 from pneumo_core.postprocess import PostprocessConfig
+from pneumo_core.runs import Comparison, compare_runs
 from pneumo_core.storage import ObjectStore
 from pneumo_core.train import run_key
 
@@ -198,15 +200,20 @@ def render_markdown(
     plots: Sequence[str],
     plot_link: Callable[[str], str] = lambda name: f"plots/{name}",
     prediction: dict | None = None,
+    card_link: str | None = None,
+    comparison: Comparison | None = None,
 ) -> str:
     """report.md; by default plots are linked relative to runs/<id>/, as stored.
     `prediction`: {"submission": url, "quarantined": [{patientId, key, reason}]} or
-    {"error": message} when predicting the test images failed."""
+    {"error": message} when predicting the test images failed; `comparison`: this run
+    against the champion before it, shown in the champion section."""
     oof_map = evaluation.get("oof_map")
     parts = [
         f"# Run {run_id}\n",
         *_headline(evaluation),
-        f"- preset: `{config.get('preset')}`, folds: {len(fold_rows)}\n",
+        f"- preset: `{config.get('preset')}`, folds: {len(fold_rows)}"
+        + (f"; model card: [{CARD_NAME}]({card_link})" if card_link else "")
+        + "\n",
         "## Folds\n",
         markdown_table(fold_rows),
         *_scoring_notes(evaluation, fold_rows),
@@ -224,6 +231,11 @@ def render_markdown(
                 {"": "champion before", "run_id": previous.run_id, "oof_map": previous.oof_map}
             )
         parts.append(markdown_table(rows))
+    if comparison is not None:
+        parts.append(f"Configuration fields that differ from run {comparison.run_b}:\n")
+        parts.append(markdown_table(comparison.config_rows))
+        parts.append("Figures side by side:\n")
+        parts.append(markdown_table(comparison.figure_rows))
     if prediction is not None:
         parts.extend(_submission_section(prediction))
     parts.append("## Plots\n")
@@ -242,7 +254,8 @@ def write_report(
     plot_link: Callable[[str], str] | None = None,
     prediction: dict | None = None,
 ) -> Report:
-    """Plots and report.md for a run; `plot_link(store key)` makes the linked variant."""
+    """Plots and report.md for a run; `plot_link(store key)` makes the linked variant (plots,
+    and the model card when the run has one)."""
     prefix = run_key(run_id, "").rstrip("/")
     config = store.get_json(f"{prefix}/config.json")
     histories = {fold: fold_history(store, run_id, fold) for fold in folds}
@@ -271,18 +284,33 @@ def write_report(
         store.put_bytes(key, png)
         plot_keys.append(key)
 
+    card = f"{prefix}/{CARD_NAME}" if store.exists(f"{prefix}/{CARD_NAME}") else None
+    extras = {"prediction": prediction, "comparison": _comparison(store, run_id, decision)}
     markdown = render_markdown(
-        run_id, config, evaluation, rows, decision, list(plots), prediction=prediction
-    )
+        run_id, config, evaluation, rows, decision, list(plots),
+        card_link=card and CARD_NAME, **extras,
+    )  # fmt: skip
     linked = markdown
     if plot_link is not None:
         linked = render_markdown(
             run_id, config, evaluation, rows, decision, list(plots),
-            plot_link=lambda name: plot_link(f"{prefix}/plots/{name}"), prediction=prediction,
+            plot_link=lambda name: plot_link(f"{prefix}/plots/{name}"),
+            card_link=card and plot_link(card), **extras,
         )  # fmt: skip
     key = f"{prefix}/report.md"
     store.put_text(key, markdown)
     return Report(markdown, linked, key, plot_keys, rows)
+
+
+def _comparison(store: ObjectStore, run_id: str, decision: Decision | None) -> Comparison | None:
+    """This run against the champion it was measured against (None: no champion before, or
+    its run is gone from the store)."""
+    if decision is None or decision.previous is None:
+        return None
+    try:
+        return compare_runs(store, run_id, decision.previous.run_id)
+    except InputError:
+        return None
 
 
 def _submission_section(prediction: dict) -> list[str]:

@@ -17,7 +17,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from pneumo_core import champion, evaluate, kaggle, report
+from pneumo_core import champion, evaluate, kaggle, links, model_card, report
 from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import load_run_config, run_key
 from tasks.policy import RETRY_OPTIONS
@@ -58,11 +58,13 @@ def write_report(
     decision: champion.Decision | None,
     prediction: dict | None = None,
 ) -> dict:
-    """report.md + plots in the store; fold table, report and links as Prefect artifacts."""
+    """report.md, model-card.md and plots in the store; fold table, report, model card and
+    links as Prefect artifacts, the report's plots embedded so that they show in the UI."""
     store = open_store(storage)
+    card_key = model_card.write_model_card(store, run_id)
     built = report.write_report(
         store, run_id, evaluation, folds, decision,
-        plot_link=lambda key: store_link(store, key), prediction=prediction,
+        plot_link=lambda key: ui_link(store, key), prediction=prediction,
     )  # fmt: skip
     columns = dict.fromkeys(built.fold_rows[0] if built.fold_rows else ("fold", "oof_map"))
     overall = columns | {
@@ -75,15 +77,20 @@ def write_report(
         description=f"run {run_id}: per-fold metrics and the out-of-fold mAP",
     )
     create_markdown_artifact(built.linked_markdown, key="run-report", description=f"run {run_id}")
+    create_markdown_artifact(
+        store.get_text(card_key), key="model-card", description=f"run {run_id}: model card"
+    )
     for key in built.plot_keys:
-        url = store.presigned_url(key)
-        if url is not None:  # only an http(s) image renders in the UI
-            create_image_artifact(url, description=key)
-    links = {"report": built.key, **_outputs(store, run_id, folds)}
-    for name, key in links.items():
+        image = links.link(store, key)
+        if image.expires is not None:  # only an http(s) image renders in the UI
+            create_image_artifact(image.url, description=f"{key} ({image.note()})")
+    outputs = {"report": built.key, "model-card": card_key, **_outputs(store, run_id, folds)}
+    for name, key in outputs.items():
+        found = links.link(store, key)
         create_link_artifact(
-            store_link(store, key), link_text=store.url(key), key=name, description=f"run {run_id}"
-        )
+            found.url, link_text=store.url(key), key=name,
+            description=f"run {run_id}: {found.note()}",
+        )  # fmt: skip
     return {"report": store.url(built.key), "plots": [store.url(k) for k in built.plot_keys]}
 
 
@@ -96,5 +103,12 @@ def _outputs(store: ObjectStore, run_id: str, folds: Sequence[int]) -> dict[str,
 
 
 def store_link(store: ObjectStore, key: str) -> str:
-    """An http(s) link where the store can sign one, the store URL otherwise."""
-    return store.presigned_url(key) or store.url(key)
+    """A link a person opens: presigned for PNEUMO_S3_PUBLIC_ENDPOINT on S3, file:// otherwise."""
+    return links.link(store, key).url
+
+
+def ui_link(store: ObjectStore, key: str) -> str:
+    """Plots embedded (the UI cannot open file:// nor private endpoints), the rest linked."""
+    if key.endswith(".png"):
+        return links.data_uri(store.get_bytes(key))
+    return store_link(store, key)
