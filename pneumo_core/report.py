@@ -167,7 +167,11 @@ def validation_panels(
     """Validation images from the prepared cache, positives first, boxes scaled to cache px;
     predictions as the submission would have them (tuned threshold, box limit, shrink)."""
     meta = cache.metadata[cache.metadata["split"] == "train"].set_index("patientId")
-    preds = {pid: postprocess.apply(*pred, post) for pid, pred in predictions(oof).items()}
+    opacity = oof.groupby("patientId")["opacity"].first() if "opacity" in oof else {}
+    preds = {
+        pid: postprocess.apply(*pred, post, opacity.get(pid))
+        for pid, pred in predictions(oof).items()
+    }
     chosen = sorted(preds, key=lambda pid: (len(gt.get(pid, ())) == 0, pid))[:limit]
     images = cache.images("train")
     fold_of = oof.groupby("patientId")["fold"].first()
@@ -355,7 +359,8 @@ def _headline(evaluation: dict) -> list[str]:
         f"- in-sample OOF mAP (post-processing tuned on the very predictions it scores, "
         f"optimistic): {_cell(evaluation.get('oof_map_in_sample'))}",
         f"- submission: score threshold **{_cell(evaluation.get('threshold'))}**, max boxes "
-        f"{_cell(evaluation.get('max_boxes'))}, shrink {_cell(evaluation.get('shrink'))} "
+        f"{_cell(evaluation.get('max_boxes'))}, shrink {_cell(evaluation.get('shrink'))}, "
+        f"image gate {_cell((evaluation.get('postprocess') or {}).get('gate'))} "
         "(tuned on all folds)",
     ]
     return lines
