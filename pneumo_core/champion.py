@@ -6,15 +6,17 @@ without any orchestration, and so that `predict` can find the champion from anyw
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.errors import InputError, ObjectNotFound, StorageError
 from pneumo_core.storage import ObjectStore
 
 CHAMPION_KEY = "models/champion.json"
 DEFAULT_MARGIN = 0.0
+PROMOTE_TRIES = 20  # conditional-write attempts when other runs keep promoting meanwhile
 LABELS_MEMBER = "stage_2_train_labels.csv"
 
 
@@ -153,11 +155,32 @@ def decide(new: Champion, current: Champion | None, margin: float = DEFAULT_MARG
 def promote_if_better(
     store: ObjectStore, new: Champion, margin: float = DEFAULT_MARGIN
 ) -> Decision:
-    """Decide against the stored champion and record the new one when promoted."""
-    decision = decide(new, read_champion(store), margin)
-    if decision.promoted:  # the reason is kept for `pneumo champion`; from_dict ignores it
-        store.put_json(CHAMPION_KEY, {**new.to_dict(), "reason": decision.reason})
-    return decision
+    """Decide against the stored champion and record the new one when promoted.
+
+    The write is conditional on the version read (`put_bytes_if`): when two runs finish at
+    once, the slower writer finds the champion changed and decides again against the new
+    one, so the better run wins whatever the order and each decision stays true."""
+    for _ in range(PROMOTE_TRIES):
+        stored = store.read_versioned(CHAMPION_KEY)
+        current = None
+        if stored is not None:
+            try:
+                data = json.loads(stored[0])
+            except ValueError as exc:
+                raise InputError(f"{store.url(CHAMPION_KEY)} is not valid JSON: {exc}") from exc
+            current = Champion.from_dict(data, source=store.url(CHAMPION_KEY))
+        decision = decide(new, current, margin)
+        if not decision.promoted:
+            return decision
+        # the reason is kept for `pneumo champion`; from_dict ignores it
+        record = {**new.to_dict(), "reason": decision.reason}
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        if store.put_bytes_if(CHAMPION_KEY, text.encode(), stored[1] if stored else None):
+            return decision
+    raise StorageError(
+        f"{store.url(CHAMPION_KEY)} changed {PROMOTE_TRIES} times while run {new.run_id} "
+        "was being promoted; promote it again"
+    )
 
 
 def _optional(data: dict, key: str) -> str | None:

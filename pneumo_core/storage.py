@@ -126,6 +126,16 @@ class ObjectStore(ABC):
     def local_path(self, key: str) -> Path: ...
 
     @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a version tag for `put_bytes_if`; None when it is missing."""
+
+    @abstractmethod
+    def put_bytes_if(self, key: str, data: bytes, version: str | None) -> bool:
+        """Write only if the object still has `version` (None: only if it does not exist);
+        False, writing nothing, when another writer got there first. The one concurrency
+        primitive: the champion and the ingest lock are built on it."""
+
+    @abstractmethod
     def url(self, key: str) -> str: ...
 
     @abstractmethod
@@ -165,6 +175,21 @@ class ObjectStore(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive flock on a folder: conditional writes in it happen one at a time, across
+    processes (released by the kernel if the holder dies)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class LocalStore(ObjectStore):
@@ -255,6 +280,23 @@ class LocalStore(ObjectStore):
     def local_path(self, key: str) -> Path:
         return self._existing(key)
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_bytes_if(self, key: str, data: bytes, version: str | None) -> bool:
+        path = self._path(key)
+        with _folder_lock(path.parent):
+            current = self.read_versioned(key)
+            if (current[1] if current else None) != version:
+                return False
+            self.put_bytes(key, data)
+        return True
+
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
 
@@ -281,6 +323,7 @@ _TRANSIENT_CODES = {
     "RequestLimitExceeded",
     "BandwidthLimitExceeded",
 }
+_CONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _CREDENTIAL_CODES = {
     "AccessDenied",
     "InvalidAccessKeyId",
@@ -582,6 +625,41 @@ class S3Store(ObjectStore):
             return digest.hexdigest()
 
         return self._call("GET", key, stream_hash)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        full = self._full(check_key(key))
+
+        def get() -> tuple[bytes, str]:
+            response = self._client.get_object(Bucket=self.bucket, Key=full)
+            return response["Body"].read(), response["ETag"]
+
+        try:
+            return self._call("GET", key, get)
+        except ObjectNotFound:
+            return None
+
+    def put_bytes_if(self, key: str, data: bytes, version: str | None) -> bool:
+        """S3 conditional PUT (If-Match / If-None-Match: *), enforced by AWS, MinIO and
+        SeaweedFS (checked under concurrency in tests/integration/test_concurrency.py)."""
+        from botocore.exceptions import ClientError
+
+        full = self._full(check_key(key))
+        condition = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
+        digest = hashlib.sha256(data).hexdigest()
+
+        def put() -> bool:
+            try:
+                self._client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, Metadata={"sha256": digest},
+                    **condition,
+                )  # fmt: skip
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _CONDITION_CODES:
+                    return False
+                raise
+            return True
+
+        return self._call("conditional PUT", key, put)
 
     def local_path(self, key: str) -> Path:
         """A cached download, reused while the object's etag and size are unchanged."""
