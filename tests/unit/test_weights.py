@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from flows.cli import main
 from pneumo_core.config import preset
 from pneumo_core.errors import InputError
 from pneumo_core.model import build_model
@@ -62,7 +63,7 @@ def _publish(served: Path, monkeypatch: pytest.MonkeyPatch, base: str, name=None
 
 
 def test_fetch_checks_the_hash_and_a_fold_loads_the_stored_file_offline(
-    weights_server, torch_home, tiny_prepared, monkeypatch
+    weights_server, torch_home, tiny_prepared, monkeypatch, capsys
 ):
     base, served = weights_server
     state = _publish(served, monkeypatch, base)
@@ -73,6 +74,9 @@ def test_fetch_checks_the_hash_and_a_fold_loads_the_stored_file_offline(
     record = store.get_json(f"{key}.json")
     assert record["sha256"] == store.sha256(key) == file_sha256(served / name)
     assert fetch(store, "resnet18") == [key]  # already stored: nothing downloaded again
+    argv = ["weights", "fetch", "--backbone", "resnet18", "--storage", store.uri]
+    assert main(argv) == 0
+    assert record["sha256"] in capsys.readouterr().out
 
     # A clean environment: empty hub cache, and any download fails the test.
     monkeypatch.setenv("TORCH_HOME", str(torch_home.parent / "clean-home"))
