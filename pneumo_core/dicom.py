@@ -32,6 +32,7 @@ from pneumo_core.errors import InputError
 # burned-in labels and dead pixels that a plain min/max would let set the scale.
 FALLBACK_WINDOW_PERCENTILES = (0.5, 99.5)
 JPEG_END_OF_IMAGE = b"\xff\xd9"
+DEFAULT_MAX_DICOM_BYTES = 64 << 20
 _AGE = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25, "": 365.25}
 
@@ -67,8 +68,26 @@ def read_dicom(source: str | Path | bytes) -> DicomImage:
     return DicomImage(pixels=np.ascontiguousarray(pixels), meta=_meta(ds, rows, cols))
 
 
+def max_dicom_bytes() -> int:
+    """The largest DICOM read (env PNEUMO_MAX_DICOM_BYTES, default 64 MiB): real radiographs
+    are a few MB, and a hostile file must not fill memory."""
+    from pneumo_core.storage import _env_number
+
+    return int(_env_number("PNEUMO_MAX_DICOM_BYTES", DEFAULT_MAX_DICOM_BYTES, int))
+
+
+def too_large(size: int) -> str:
+    return (
+        f"file of {size:,} bytes is over the {max_dicom_bytes():,}-byte cap for one DICOM "
+        "(PNEUMO_MAX_DICOM_BYTES); not read"
+    )
+
+
 def _parse(source: str | Path | bytes, name: str) -> pydicom.Dataset:
     try:
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        if size > max_dicom_bytes():
+            raise DicomError(name, too_large(size))
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as exc:
         raise DicomError(name, f"cannot read file ({exc.strerror or exc})") from exc

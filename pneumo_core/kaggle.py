@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from pneumo_core import DEFAULT_DATASET
 from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.lease import lease
 from pneumo_core.progress import progress_reporter
 from pneumo_core.storage import ObjectStore, open_store
 
@@ -39,6 +40,11 @@ KAGGLE_SCHEME = "kaggle://"
 MANIFEST_NAME = "manifest.json"
 SMALL_MEMBER_BYTES = 8 << 20  # larger members go through a local file and put_file (multipart)
 _CHUNK = 1 << 20
+# Zip bomb ceilings (env PNEUMO_INGEST_MAX_BYTES / PNEUMO_INGEST_MAX_RATIO): the real archive
+# inflates to about 4 GB, DICOMs barely compress, the CSVs about 5x.
+DEFAULT_MAX_ARCHIVE_BYTES = 64 << 30
+DEFAULT_MAX_RATIO = 100.0
+RATIO_CHECK_BYTES = 1 << 20  # smaller members cannot be a bomb, whatever their ratio
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CREDENTIALS_HELP = (
     "set KAGGLE_USERNAME and KAGGLE_KEY, or save your API token as ~/.kaggle/kaggle.json "
@@ -83,8 +89,15 @@ def ingest(
     progress: bool | None = None,
 ) -> IngestResult:
     """Copy the source's members to `raw/<dataset>/`, skipping those already stored intact."""
-    with _members_of(source) as members:
+    with (
+        _members_of(source) as members,
+        lease(store, ingest_lock_key(dataset), f"ingest of {_describe(source)}"),
+    ):  # one ingest at a time per dataset: the manifest describes exactly what is stored
         return _store_members(members, _describe(source), store, dataset, progress)
+
+
+def ingest_lock_key(dataset: str) -> str:
+    return f"locks/ingest-{dataset}.json"
 
 
 # --- sources --------------------------------------------------------------------------------
@@ -134,6 +147,7 @@ def _zip_members(archive: Path) -> Iterator[list[_Member]]:
     except (zipfile.BadZipFile, OSError) as exc:
         raise InputError(f"{archive}: not a readable zip archive ({exc})") from exc
     with zf:
+        _check_inflation(zf.infolist(), archive)
         members = []
         for info in zf.infolist():
             name = _checked_name(info.filename, archive)
@@ -147,6 +161,30 @@ def _zip_members(archive: Path) -> Iterator[list[_Member]]:
             if not info.is_dir():
                 members.append(_Member(name, partial(zf.open, info), None))
         yield _checked_layout(members, archive)
+
+
+def _check_inflation(infos: list[zipfile.ZipInfo], archive: Path) -> None:
+    """Refuse a zip bomb before reading a byte: a ceiling on the total uncompressed size and on
+    each large member's compression ratio. The sizes come from the archive's directory, and
+    zipfile never inflates a member past its declared size (a lie fails its CRC check)."""
+    from pneumo_core.storage import _env_number
+
+    max_bytes = _env_number("PNEUMO_INGEST_MAX_BYTES", DEFAULT_MAX_ARCHIVE_BYTES, int)
+    max_ratio = _env_number("PNEUMO_INGEST_MAX_RATIO", DEFAULT_MAX_RATIO, float)
+    total = sum(info.file_size for info in infos)
+    if total > max_bytes:
+        raise InputError(
+            f"{archive}: its members would inflate to {total:,} bytes, over the ceiling of "
+            f"{max_bytes:,} (PNEUMO_INGEST_MAX_BYTES); refusing the whole archive"
+        )
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_CHECK_BYTES and ratio > max_ratio:
+            raise InputError(
+                f"{archive}: member {info.filename!r} inflates {ratio:,.0f}x "
+                f"({info.compress_size:,} to {info.file_size:,} bytes), over the ratio ceiling "
+                f"{max_ratio:g} (PNEUMO_INGEST_MAX_RATIO); refusing the whole archive"
+            )
 
 
 def _folder_members(root: Path) -> list[_Member]:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.dicom import DicomError, read_dicom
+from pneumo_core.dicom import DicomError, max_dicom_bytes, read_dicom, too_large
 from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.folds import make_folds
 from pneumo_core.kaggle import manifest_key
@@ -82,6 +82,7 @@ class _Job:
     split: str
     patient_id: str
     key: str
+    size: int  # bytes, as the manifest records them
 
 
 def prepared_prefix(dataset: str, image_size: int) -> str:
@@ -209,9 +210,10 @@ def _image_jobs(manifest: dict[str, Any], dataset: str) -> list[_Job]:
     jobs = []
     for split in SPLITS:
         folder = f"raw/{dataset}/{IMAGE_FOLDERS[split]}/"
-        for key in sorted(m["key"] for m in manifest["members"]):
+        for member in sorted(manifest["members"], key=lambda m: m["key"]):
+            key = member["key"]
             if key.startswith(folder):
-                jobs.append(_Job(split, PurePosixPath(key).stem, key))
+                jobs.append(_Job(split, PurePosixPath(key).stem, key, int(member["size"])))
     return jobs
 
 
@@ -267,9 +269,16 @@ def _decode_all(
     }
     filled = dict.fromkeys(SPLITS, 0)
     metadata: list[dict[str, Any]] = []
-    quarantine: list[dict[str, Any]] = []
+    cap = max_dicom_bytes()  # a larger file is quarantined unread: it could fill memory
+    quarantine: list[dict[str, Any]] = [
+        {"patientId": j.patient_id, "split": j.split, "key": j.key, "reason": too_large(j.size)}
+        for j in jobs
+        if j.size > cap
+    ]
     with progress_reporter(f"prepare {image_size}px", len(jobs), bar=bar) as advance:
-        for job, outcome in _decoded(jobs, store, image_size, workers):
+        advance(len(quarantine))
+        readable = [j for j in jobs if j.size <= cap]
+        for job, outcome in _decoded(readable, store, image_size, workers):
             if isinstance(outcome, str):
                 row = {"patientId": job.patient_id, "split": job.split, "key": job.key}
                 quarantine.append({**row, "reason": outcome})

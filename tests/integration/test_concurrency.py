@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import champion
+from pneumo_core import DEFAULT_DATASET, champion, kaggle, synthetic
 from pneumo_core.storage import ObjectStore, open_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ ROUND_S = 0.15
 PROMOTER = textwrap.dedent(
     """
     import json, sys, time
-    from pneumo_core import champion
+    from pneumo_core import DEFAULT_DATASET, champion, kaggle, synthetic
     from pneumo_core.storage import open_store
     base, name, score, start, rounds, step = sys.argv[1:7]
     stores = [open_store(f"{base}/round-{r}") for r in range(int(rounds))]
@@ -130,3 +130,47 @@ def test_conditional_writes_lose_no_update_between_racing_processes(base: str) -
     assert created == 1, f"{created} processes created the same object"
     assert open_store(f"{base}/cas").read_versioned("counter")[0] == b"120"
     print(f"{conflicts} conditional writes refused and retried")
+
+
+INGESTER = textwrap.dedent(
+    """
+    import sys, time
+    from pneumo_core import kaggle
+    from pneumo_core.storage import open_store
+    source, base, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    store = open_store(base)
+    while time.time() < start:
+        pass
+    print(kaggle.ingest(source, store, progress=False).digest, flush=True)
+    """
+)
+
+
+def test_two_ingests_at_once_leave_a_manifest_that_describes_the_store(
+    base: str, tmp_path: Path
+) -> None:
+    """Two different sources ingested into one store at the same instant: one waits for the
+    other's lock, and the manifest names exactly the bytes that are stored."""
+    sources = [
+        synthetic.generate(tmp_path / f"source-{seed}", n_train=40, n_test=10, image_size=256,
+                           seed=seed)
+        for seed in (1, 2)
+    ]  # fmt: skip
+    start = time.time() + 3.0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", INGESTER, str(source), base, str(start)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for source in sources
+    ]  # fmt: skip
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    store = open_store(base)
+    manifest = store.get_json(kaggle.manifest_key(DEFAULT_DATASET))
+    assert manifest["source"] in {str(s.resolve()) for s in sources}
+    wrong = [m["key"] for m in manifest["members"] if store.sha256(m["key"]) != m["sha256"]]
+    assert not wrong, f"{len(wrong)} stored objects differ from the manifest, e.g. {wrong[0]}"
+    assert not store.exists(kaggle.ingest_lock_key(DEFAULT_DATASET))

@@ -1,0 +1,79 @@
+"""Hostile archives and files: a zip bomb is refused before anything is written, and prepare
+quarantines a DICOM over the size cap without reading it."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pneumo_core import DEFAULT_DATASET, kaggle, prepare, synthetic
+from pneumo_core.dicom import DicomError, read_dicom
+from pneumo_core.errors import InputError
+from pneumo_core.storage import LocalStore
+
+ZEROS = 64 << 20  # 64 MiB of zeros deflate to about 64 KB: a ratio near 1000
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    return synthetic.generate(out, n_train=8, n_test=2, image_size=64, seed=3, zip=True)
+
+
+def bomb(archive: Path, out: Path) -> Path:
+    """The real archive plus one member that inflates a thousandfold."""
+    target = out / "bomb.zip"
+    target.write_bytes(archive.read_bytes())
+    with (
+        zipfile.ZipFile(target, "a", compression=zipfile.ZIP_DEFLATED) as zf,
+        zf.open("stage_2_train_images/padding.bin", "w", force_zip64=True) as member,
+    ):
+        for _ in range(ZEROS >> 20):
+            member.write(bytes(1 << 20))
+    return target
+
+
+def test_a_zip_bomb_is_refused_before_any_write(archive: Path, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(InputError, match=r"padding\.bin' inflates .*x .*PNEUMO_INGEST_MAX_RATIO"):
+        kaggle.ingest(str(bomb(archive, tmp_path)), store, progress=False)
+    assert store.list() == []
+
+
+def test_the_total_uncompressed_size_has_a_ceiling(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    kaggle.ingest(str(archive), store, progress=False)
+    before = {k: store.get_bytes(k) for k in store.list()}
+    monkeypatch.setenv("PNEUMO_INGEST_MAX_BYTES", "1000")
+    with pytest.raises(InputError, match=r"would inflate to [\d,]+ bytes, over the ceiling of"):
+        kaggle.ingest(str(archive), store, progress=False)
+    assert {k: store.get_bytes(k) for k in store.list()} == before  # nothing changed
+
+
+def test_a_dicom_over_the_cap_is_quarantined_unread(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "source"
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(folder)
+    images = sorted((folder / "stage_2_train_images").glob("*.dcm"))
+    cap = max(p.stat().st_size for p in folder.rglob("*.dcm"))
+    big = images[0]
+    big.write_bytes(big.read_bytes() + bytes(cap))  # still a DICOM, now twice the cap
+    monkeypatch.setenv("PNEUMO_MAX_DICOM_BYTES", str(cap))
+    with pytest.raises(DicomError, match=f"{big.name}: file of .* over the {cap:,}-byte cap"):
+        read_dicom(big)
+
+    store = LocalStore(tmp_path / "store")
+    kaggle.ingest(str(folder), store, progress=False)
+    result = prepare.prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
+    assert (result.n_train, result.n_quarantined) == (len(images) - 1, 1)
+    prefix = prepare.prepared_prefix(DEFAULT_DATASET, 32)
+    quarantine = pd.read_csv(store.local_path(prefix + "quarantine.csv"))
+    [row] = quarantine.to_dict("records")
+    assert row["patientId"] == big.stem and "PNEUMO_MAX_DICOM_BYTES" in row["reason"]
