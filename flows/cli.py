@@ -7,13 +7,16 @@ such as `pneumo score` start fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from flows import operate_cli, weights_cli
-from pneumo_core.errors import PneumoError
+from pneumo_core.errors import PneumoError, StorageError, TransientStorageError
 
 Handler = Callable[[argparse.Namespace], int]
 STORAGE_HELP = "object store: file://DIR, DIR or s3://bucket/prefix"
@@ -56,6 +59,8 @@ def add_train_fold(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if Path(args.out).is_dir():
+        raise IsADirectoryError(errno.EISDIR, "--out is a folder, not a CSV file path", args.out)
     from pneumo_core.predict import predict_images
     from pneumo_core.storage import open_store
 
@@ -234,6 +239,7 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.preflight import check_run
     from pneumo_core.config import parse_overrides
 
     overrides: dict[str, object] = dict(parse_overrides(args.set))
@@ -241,10 +247,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["n_folds"] = args.folds
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    check_run(  # arguments, configuration, source and store, before Prefect starts
+        source=args.source,
+        storage=args.storage,
+        preset_name=args.preset,
+        overrides=overrides,
+        run_id=args.run_id,
+        folds=args.train_fold,
+        fold_runner=args.fold_runner,
+    )
     summary = _run_pipeline(
         source=args.source,
         storage=args.storage,
-        preset=args.preset,
+        preset=args.preset or "default",
         overrides=overrides,
         folds=args.train_fold or None,
         fold_runner=args.fold_runner,
@@ -260,7 +275,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole pipeline as a Prefect flow: ingest to submission")
     p.add_argument("--source", required=True, help="kaggle://..., a .zip, a folder or s3://key.zip")
     p.add_argument("--storage", required=True, help=STORAGE_HELP)
-    p.add_argument("--preset", default="default", help="seed, default or ci")
+    p.add_argument(
+        "--preset", help="seed, default or ci (default: default; a resumed run keeps its own)"
+    )
     p.add_argument("--folds", type=int, help="number of folds (config n_folds)")
     p.add_argument("--epochs", type=int, help="epochs per fold (config epochs)")
     p.add_argument("--run-id", help="resume this run (or name a new one); default: a new run")
@@ -346,9 +363,22 @@ ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line (argparse prints the whole usage first), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="pneumo", description="Train and apply an RSNA pneumonia detector, on Prefect."
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=bool(os.environ.get(DEBUG_ENV)),
+        help=f"show the traceback of an error (also: {DEBUG_ENV}=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in ADDERS:
@@ -364,12 +394,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except PneumoError as exc:
-        print(f"pneumo {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"pneumo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"pneumo {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, PneumoError) and not isinstance(exc, SYSTEM_ERRORS) else 1
+
+
+DEBUG_ENV = "PNEUMO_DEBUG"
+# The machine, not the user's input: the store or a disk (exit 1). InputError and the other
+# PneumoErrors are the user's to fix (exit 2); anything unexpected is exit 1 too.
+SYSTEM_ERRORS = (StorageError, TransientStorageError, OSError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = " ".join(str(exc).split()) or "no message"
+    if isinstance(exc, PneumoError):
+        return text
+    return f"{type(exc).__name__}: {text} (set {DEBUG_ENV}=1 or pass --debug for the traceback)"
 
 
 if __name__ == "__main__":

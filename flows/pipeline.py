@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -20,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.deployment_names import PIPELINE_FLOW, TRAIN_FOLD_DEPLOYMENT
 from flows.gpu_jobs import deployment_gpu_jobs
+from flows.preflight import check_folds
 from flows.train_fold import train_fold_flow
 from pneumo_core import champion, config, kaggle
 from pneumo_core.config_form import RunOverrides
@@ -92,7 +92,7 @@ def pipeline(
     store = open_store(storage)
     asked = overrides.to_overrides() if overrides else {}
     run_config = _resolve_config(store, preset, asked, run_id)
-    chosen = _check_folds(folds, run_config.n_folds)  # bad input fails before any work
+    chosen = check_folds(folds, run_config.n_folds)  # bad input fails before any work
     if fold_runner not in ("local", "deployment"):
         raise InputError(f"fold_runner {fold_runner!r}: choose local or deployment")
     dataset = run_config.dataset
@@ -168,10 +168,13 @@ def pipeline(
 def _resolve_config(
     store: ObjectStore, preset: str, overrides: dict[str, Any], run_id: str | None
 ) -> config.RunConfig:
-    """A resumed run keeps its stored configuration; a new one is preset + overrides."""
+    """A resumed run keeps its stored configuration (overrides that differ from it are an
+    error, never silently ignored); a new one is preset + overrides."""
     if run_id and store.exists(run_key(run_id, "config.json")):
         get_run_logger().info("resuming run %s with its stored configuration", run_id)
-        return load_run_config(store, run_id)
+        stored = load_run_config(store, run_id)
+        config.check_resume(stored, run_id, None, overrides)
+        return stored
     return config.preset(preset, **overrides)
 
 
@@ -204,14 +207,6 @@ def _run_cached(step: Any, store: ObjectStore, marker: str, **parameters: Any) -
         get_run_logger().warning("%s is missing despite a cached result; redoing", marker)
         result = step.with_options(refresh_cache=True)(**parameters)
     return result
-
-
-def _check_folds(folds: Sequence[int] | None, n_folds: int) -> list[int]:
-    chosen = list(range(n_folds)) if folds is None else sorted(set(folds))
-    wrong = [f for f in chosen if not 0 <= f < n_folds]
-    if wrong or not chosen:
-        raise InputError(f"folds {list(folds or [])}: choose among 0..{n_folds - 1}")
-    return chosen
 
 
 def _gpu_count(run_config: config.RunConfig) -> int:

@@ -28,8 +28,9 @@ from flows.deployment_names import GPU_TRAIN_TAG, GPU_WORK_POOL
 
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAGGLE_USERNAME", "KAGGLE_KEY")
 """Environment variables stored as Secret blocks."""
-SETTING_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
-"""Non-secret environment variables stored as Prefect Variables."""
+SETTING_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "PNEUMO_S3_PUBLIC_ENDPOINT")
+"""Non-secret environment variables stored as Prefect Variables (the public endpoint signs
+the links people open from the UI; workers use AWS_ENDPOINT_URL)."""
 
 
 def secret_block_name(env_name: str) -> str:

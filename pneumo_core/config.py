@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.augment import AugmentConfig
+from pneumo_core.augment_config import AugmentConfig
 from pneumo_core.checked import CheckedModel, NoneFromText
 from pneumo_core.errors import InputError
 from pneumo_core.postprocess import PostprocessConfig
@@ -105,6 +105,36 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
         if not sep or not key.strip():
             raise InputError(f"override {item!r}: expected KEY=VALUE (e.g. augment.rotate=0)")
         out[key.strip()] = value.strip()
+    return out
+
+
+def check_resume(
+    stored: RunConfig, run_id: str, preset_name: str | None, overrides: Mapping[str, Any]
+) -> None:
+    """Refuse resuming `run_id` with a preset or overrides that differ from what it was
+    created with (a resume always continues the stored configuration), naming each field."""
+    asked = stored.with_overrides(overrides)
+    before, after = _flat(stored.to_dict()), _flat(asked.to_dict())
+    differ = [
+        f"{k} (stored {before[k]!r}, asked {after[k]!r})" for k in before if before[k] != after[k]
+    ]
+    if preset_name is not None and preset_name != stored.preset:
+        differ.insert(0, f"preset (stored {stored.preset!r}, asked {preset_name!r})")
+    if differ:
+        raise InputError(
+            f"run {run_id} exists with another configuration: {'; '.join(differ)}. Resume it "
+            "without --preset/--epochs/--folds/--set, or start a new run with another --run-id"
+        )
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"augment": {"gamma": 0.2}} -> {"augment.gamma": 0.2}"""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
     return out
 
 

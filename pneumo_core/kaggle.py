@@ -32,7 +32,7 @@ from pneumo_core import DEFAULT_DATASET
 from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.lease import lease
 from pneumo_core.progress import progress_reporter
-from pneumo_core.storage import ObjectStore, open_store
+from pneumo_core.storage import LocalStore, ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def ingest(
     progress: bool | None = None,
 ) -> IngestResult:
     """Copy the source's members to `raw/<dataset>/`, skipping those already stored intact."""
+    check_source(source, store)
     with (
         _members_of(source) as members,
         lease(store, ingest_lock_key(dataset), f"ingest of {_describe(source)}"),
@@ -103,13 +104,34 @@ def ingest_lock_key(dataset: str) -> str:
 # --- sources --------------------------------------------------------------------------------
 
 
+def check_source(source: str, store: ObjectStore) -> None:
+    """The cheap checks of a source, before any work: its form, that a local one exists,
+    and that the store is not inside a source folder (each ingest would then copy the store
+    into itself, and the second one would remove the manifest it is reading)."""
+    if source.startswith(KAGGLE_SCHEME):
+        if not source.removeprefix(KAGGLE_SCHEME).strip("/"):
+            raise InputError(f"source {source!r} names no competition")
+        return
+    if source.startswith("s3://"):
+        parent, _, name = source.rpartition("/")
+        if parent == "s3:/" or not name:
+            raise InputError(f"source {source!r} is not an s3://bucket/key of a zip")
+        return
+    path = Path(source.removeprefix("file://")).expanduser().resolve()
+    if not path.exists():
+        raise InputError(f"source {source!r}: no such folder or .zip file")
+    if isinstance(store, LocalStore) and path.is_dir() and store.root.is_relative_to(path):
+        raise InputError(
+            f"the store {store.root} is inside the source folder {path}: "
+            "put the store somewhere else"
+        )
+
+
 @contextlib.contextmanager
 def _members_of(source: str) -> Iterator[list[_Member]]:
     """The checked members of a source, readable while the context is open."""
     if source.startswith(KAGGLE_SCHEME):
         competition = source.removeprefix(KAGGLE_SCHEME).strip("/")
-        if not competition:
-            raise InputError(f"source {source!r} names no competition")
         api = kaggle_api()
         with tempfile.TemporaryDirectory(prefix="pneumo-kaggle-") as tmp:
             archive = _download_competition(api, competition, Path(tmp))
@@ -118,8 +140,6 @@ def _members_of(source: str) -> Iterator[list[_Member]]:
         return
     if source.startswith("s3://"):
         parent, _, name = source.rpartition("/")
-        if parent == "s3:/" or not name:
-            raise InputError(f"source {source!r} is not an s3://bucket/key of a zip")
         with _zip_members(open_store(parent).local_path(name)) as members:
             yield members
         return

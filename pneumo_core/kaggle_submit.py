@@ -24,9 +24,9 @@ from typing import Any
 from pneumo_core import DEFAULT_DATASET
 from pneumo_core.errors import InputError, ObjectNotFound, PneumoError
 from pneumo_core.kaggle import kaggle_api
+from pneumo_core.run_ids import load_run_config, run_key  # not train: no torch at start
 from pneumo_core.storage import ObjectStore, file_sha256
 from pneumo_core.submission import check_submission
-from pneumo_core.train import load_run_config, run_key
 
 log = logging.getLogger(__name__)
 

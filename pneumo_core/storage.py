@@ -197,6 +197,8 @@ class LocalStore(ObjectStore):
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"cannot use {self.root} as a store: it is a file, not a folder")
         self.root.mkdir(parents=True, exist_ok=True)
         self.uri = self.root.as_uri()
 

@@ -13,13 +13,11 @@ import json
 import logging
 import math
 import random
-import secrets
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +31,22 @@ from pneumo_core import metric, weights
 from pneumo_core.augment import Augmenter
 from pneumo_core.config import RunConfig
 from pneumo_core.data import DetectionDataset, PreparedCache, make_loader
-from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.errors import InputError
 from pneumo_core.model import ModelInfo, build_model, detect_batch, losses_and_detections
 from pneumo_core.progress import progress_reporter
-from pneumo_core.run_ids import check_run_id
+from pneumo_core.run_ids import (  # run records live there, without torch; re-exported
+    create_run as create_run,
+)
+from pneumo_core.run_ids import (
+    fold_key,
+    load_run_config,
+)
+from pneumo_core.run_ids import (
+    new_run_id as new_run_id,
+)
+from pneumo_core.run_ids import (
+    run_key as run_key,
+)
 from pneumo_core.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -46,40 +56,6 @@ OnEpoch = Callable[[dict[str, Any]], None]
 VAL_THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # 0.1 .. 0.9
 # opacity: the image head's P(Lung Opacity), repeated on each row of the image; empty without
 OOF_COLUMNS = ["patientId", "fold", "score", "x", "y", "width", "height", "opacity"]
-
-
-def new_run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def run_key(run_id: str, name: str) -> str:
-    return f"runs/{check_run_id(run_id)}/{name}"
-
-
-def fold_key(run_id: str, fold: int, name: str) -> str:
-    return f"runs/{check_run_id(run_id)}/fold-{fold}/{name}"
-
-
-def create_run(store: ObjectStore, config: RunConfig, run_id: str | None = None) -> str:
-    """Store the run's configuration; re-creating an existing run with the same one is a no-op."""
-    run_id = run_id or new_run_id()
-    key = run_key(run_id, "config.json")
-    if store.exists(key):
-        if load_run_config(store, run_id) != config:
-            raise InputError(f"run {run_id} already exists with a different configuration")
-        return run_id
-    store.put_json(key, config.to_dict())
-    return run_id
-
-
-def load_run_config(store: ObjectStore, run_id: str) -> RunConfig:
-    try:
-        data = store.get_json(run_key(run_id, "config.json"))
-    except ObjectNotFound:
-        raise InputError(
-            f"run {run_id}: no {run_key(run_id, 'config.json')} in {store.uri}"
-        ) from None
-    return RunConfig.from_dict(data)
 
 
 def resolve_device(name: str) -> torch.device:

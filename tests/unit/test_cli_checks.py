@@ -1,0 +1,147 @@
+"""`pneumo` as a user meets it, in a real subprocess: bad arguments, configuration, run ids
+and stores fail before Prefect starts, in one line on stderr, with exit 2 for the user's
+mistakes and exit 1 for the machine's (a file as store, a read-only store, `--out` a folder);
+`--debug` / PNEUMO_DEBUG shows the traceback; nothing is written."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pneumo_core import synthetic
+from pneumo_core.config import preset
+from pneumo_core.storage import open_store
+from pneumo_core.train import create_run
+
+PNEUMO = [sys.executable, "-m", "flows.cli"]
+
+
+def pneumo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "PNEUMO_DEBUG"} | (env or {})
+    return subprocess.run(
+        [*PNEUMO, *args], capture_output=True, text=True, timeout=300, env=environment
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+    """The command failed with `code`, one stderr line naming every fragment, before Prefect."""
+    assert result.returncode == code, (result.returncode, result.stderr[-3000:])
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "prefect" not in result.stderr.lower()
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("source")
+    return synthetic.generate(out, n_train=4, n_test=2, image_size=64, seed=1)
+
+
+def run_args(source: Path, store: Path, *extra: str) -> list[str]:
+    return ["run", "--source", str(source), "--storage", str(store), "--preset", "ci", *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--set", "lr=abc"], "field lr='abc'"),
+        (["--set", "lr=nan"], "field lr="),
+        (["--set", "focal_alpha=2"], "field focal_alpha="),
+        (["--set", "augment.hflip_p=-1"], "field augment.hflip_p="),
+        (["--set", "nope=1"], "unknown field nope"),
+        (["--set", "lr"], "KEY=VALUE"),
+        (["--epochs", "0"], "field epochs=0"),
+        (["--train-fold", "7"], "folds [7]"),
+        (["--run-id", "My run"], "run id 'My run'"),
+        (["--epochs", "x"], "argument --epochs: invalid int value"),
+        (["--set", "device=cuda:9"], "device='cuda:9'"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_and_write_nothing(source, tmp_path, extra, fragment):
+    store = tmp_path / "store"
+    result = pneumo(*run_args(source, store, *extra))
+    one_line_error(result, 2, fragment)
+    assert not (store / "runs").exists() and not (store / "raw").exists()
+
+
+def test_a_missing_source_and_a_store_inside_the_source_are_refused(source, tmp_path):
+    one_line_error(pneumo(*run_args(tmp_path / "nothing", tmp_path / "s")), 2, "no such folder")
+    inside = source / "store"
+    one_line_error(pneumo(*run_args(source, inside)), 2, "inside the source folder")
+    one_line_error(
+        pneumo("ingest", "--source", str(source), "--storage", str(inside)),
+        2,
+        "inside the source folder",
+    )
+    assert not any(inside.rglob("*.json"))
+
+
+def test_resuming_with_another_configuration_names_the_fields(source, tmp_path):
+    store = open_store(tmp_path / "store")
+    create_run(store, preset("ci", epochs=1, image_size=64), "exp-1")
+    before = sorted(store.list())
+    result = pneumo(*run_args(source, tmp_path / "store", "--run-id", "exp-1", "--epochs", "3"))
+    one_line_error(result, 2, "run exp-1 exists", "epochs (stored 1, asked 3)")
+    result = pneumo(
+        "run", "--source", str(source), "--storage", str(tmp_path / "store"),
+        "--run-id", "exp-1", "--preset", "default", "--set", "image_size=96",
+    )  # fmt: skip
+    one_line_error(result, 2, "preset (stored 'ci', asked 'default')", "image_size (stored 64")
+    assert sorted(store.list()) == before
+
+
+def test_a_file_as_store_is_a_system_error(source, tmp_path):
+    store = tmp_path / "store"
+    store.write_text("not a folder")
+    one_line_error(pneumo(*run_args(source, store)), 1, "it is a file, not a folder")
+    assert store.read_text() == "not a folder"
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path) -> Iterator[Path]:
+    """A read-only mount as root (permissions do not stop root), else a 0555 folder."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)])
+    if mounted.returncode != 0:
+        pytest.skip("running as root without the right to mount a read-only tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_read_only_store_is_a_system_error(source, tmp_path):
+    with read_only_folder(tmp_path / "store") as store:
+        line = one_line_error(pneumo(*run_args(source, store)), 1)
+        assert "Read-only file system" in line or "Permission denied" in line, line
+
+
+def test_out_as_a_folder_is_a_system_error(tmp_path):
+    result = pneumo(
+        "predict", "--run", "exp-1", "--images", str(tmp_path), "--out", str(tmp_path),
+        "--storage", str(tmp_path / "store"),
+    )  # fmt: skip
+    one_line_error(result, 1, "--out is a folder", str(tmp_path))
+
+
+def test_debug_shows_the_traceback(source, tmp_path):
+    args = run_args(source, tmp_path / "store", "--set", "lr=abc")
+    for result in (pneumo("--debug", *args), pneumo(*args, env={"PNEUMO_DEBUG": "1"})):
+        assert result.returncode != 0
+        assert "Traceback" in result.stderr and "InputError" in result.stderr
