@@ -173,6 +173,10 @@ def stop_engine(engine: Engine) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(engine.process.pid, signal.SIGKILL)
             engine.process.wait(timeout=30)
+    # dockerd leaves its network namespace mounted under the exec root
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{engine.root}/")), reverse=True):
+        subprocess.run(["umount", mount], check=False)
     shutil.rmtree(engine.root, ignore_errors=True)
 
 

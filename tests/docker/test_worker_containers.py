@@ -150,6 +150,7 @@ def in_image(deployed: Deployed, *command: str, volumes: tuple[str, ...] = ()) -
     )
 
 
+@pytest.mark.timeout(1800)  # its setup builds and pushes the image (about 10 minutes here)
 def test_the_image_was_built_by_the_deploy_and_pushed(deployed: Deployed) -> None:
     engine = deployed.engine
     assert deployed.image.startswith(f"{deployed.registry}/pneumo-worker:")
@@ -315,6 +316,8 @@ def test_folds_train_in_containers_and_a_killed_fold_resumes(
     for container in by_fold[0] + by_fold[1]:
         assert container["HostConfig"]["ShmSize"] == 8 * 1024**3  # merged, not replaced
         assert not container["HostConfig"].get("DeviceRequests")  # gpus_per_worker = 0
+    for child in children:  # what each child run was given at run time
+        assert child.job_variables == {"container_create_kwargs": {"shm_size": "8g"}}, child
 
     # The killed child crashed, a fresh one resumed from the last checkpoint and finished.
     fold0_runs = sorted(
