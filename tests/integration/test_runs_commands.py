@@ -172,3 +172,21 @@ def test_public_links_download_from_the_public_endpoint(
     # the workers' link, opened at the public address, is refused: signing for it matters
     internal = store.presigned_url(run_key(OLD, "report.md"))
     assert httpx.get(internal.replace("127.0.0.1", "localhost")).status_code == 403
+
+
+def test_report_champion_section_shows_the_comparison(three_runs: ObjectStore) -> None:
+    from pneumo_core.report import render_markdown
+    from pneumo_core.runs import compare_runs
+
+    decision = champion.Decision(
+        True, "better", champion.candidate(NEW, 0.42, "h"), champion.candidate(OLD, 0.31, "h")
+    )
+    evaluation = three_runs.get_json(run_key(NEW, "evaluation.json"))
+    config = three_runs.get_json(run_key(NEW, "config.json"))
+    comparison = compare_runs(three_runs, NEW, OLD)
+    markdown = render_markdown(NEW, config, evaluation, [], decision, [], comparison=comparison)
+    champion_section = markdown.split("## Champion")[1]
+    assert f"differ from run {OLD}" in champion_section
+    assert f"| field | {NEW} | {OLD} |" in champion_section
+    assert "| augment.hflip_p | 0.0000 | 0.5000 |" in champion_section
+    assert "| fold 1 mAP | 0.4400 | 0.3200 |" in champion_section
