@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pneumo_core.run_ids import run_key
 from pneumo_core.storage import ObjectStore
-from pneumo_core.train import run_key
 
 PUBLIC_ENDPOINT_ENV = "PNEUMO_S3_PUBLIC_ENDPOINT"
 MAX_EXPIRY_S = 7 * 86400  # the longest a SigV4 presigned URL may live

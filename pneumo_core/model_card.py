@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from pneumo_core.errors import ObjectNotFound
+from pneumo_core.run_ids import load_run_config, run_key
 from pneumo_core.storage import ObjectStore
-from pneumo_core.train import load_run_config, run_key
 
 CARD_NAME = "model-card.md"
 COMPETITION_URL = "https://www.kaggle.com/competitions/rsna-pneumonia-detection-challenge"

@@ -20,8 +20,8 @@ from pneumo_core.champion import CHAMPION_KEY, read_champion
 from pneumo_core.config import RunConfig
 from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.kaggle_submit import RECORD_NAME
+from pneumo_core.run_ids import run_key
 from pneumo_core.storage import ObjectStore
-from pneumo_core.train import run_key
 
 READERS = 16  # parallel GETs: the store's latency, not its bandwidth, bounds a listing
 

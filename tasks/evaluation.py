@@ -84,7 +84,7 @@ def write_report(
         image = links.link(store, key)
         if image.expires is not None:  # only an http(s) image renders in the UI
             create_image_artifact(image.url, description=f"{key} ({image.note()})")
-    outputs = {"report": built.key, "model-card": card_key, **_outputs(store, run_id, folds)}
+    outputs = {"report": built.key, "model-card-file": card_key, **_outputs(store, run_id, folds)}
     for name, key in outputs.items():
         found = links.link(store, key)
         create_link_artifact(

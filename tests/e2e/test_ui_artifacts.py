@@ -92,14 +92,14 @@ def test_ui_artifacts_open_from_a_browser(
         assert "expires" in artifact.description
 
     store = open_store(s3_storage)
-    for key in ("report", "model-card", "submission", "checkpoint-fold-0"):
+    for key in ("report", "model-card-file", "submission", "checkpoint-fold-0"):
         artifact = by_key[key]
         url = LINK.search(artifact.data).group(1)
         assert urlsplit(url).netloc == urlsplit(public).netloc
         assert "expires" in artifact.description and "pneumo runs --links" in artifact.description
         response = httpx.get(url)
         assert response.status_code == 200, (key, response.status_code)
-        name = {"report": "report.md", "model-card": "model-card.md"}.get(key)
+        name = {"report": "report.md", "model-card-file": "model-card.md"}.get(key)
         if name:
             assert response.content == store.get_bytes(f"runs/{run_id}/{name}")
 
