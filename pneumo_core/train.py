@@ -32,6 +32,7 @@ from pneumo_core.augment import Augmenter
 from pneumo_core.config import RunConfig
 from pneumo_core.data import DetectionDataset, PreparedCache, make_loader
 from pneumo_core.errors import InputError
+from pneumo_core.evaluate import THRESHOLD_GRID
 from pneumo_core.model import ModelInfo, build_model, detect_batch, losses_and_detections
 from pneumo_core.progress import progress_reporter
 from pneumo_core.run_ids import (  # run records live there, without torch; re-exported
@@ -52,8 +53,6 @@ from pneumo_core.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[dict[str, Any]], None]
-# Score thresholds tried for the per-epoch validation mAP (evaluate.py tunes properly on OOF).
-VAL_THRESHOLDS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # 0.1 .. 0.9
 # opacity: the image head's P(Lung Opacity), repeated on each row of the image; empty without
 OOF_COLUMNS = ["patientId", "fold", "score", "x", "y", "width", "height", "opacity"]
 
@@ -245,10 +244,8 @@ class _FoldTrainer:
                     det["scores"].float().cpu().numpy(),
                 )
         out: dict[str, Any] = {k: v / len(self.val_ids) for k, v in sums.items()}
-        table = metric.ScoreTable.from_dicts(gt, preds)
-        scores = [np.nan_to_num(table.score(t)[0]) for t in VAL_THRESHOLDS]
-        best = int(np.argmax(scores))
-        return out | {"val_map": float(scores[best]), "val_threshold": VAL_THRESHOLDS[best]}
+        val_map, threshold = validation_map(metric.ScoreTable.from_dicts(gt, preds))
+        return out | {"val_map": val_map, "val_threshold": threshold}
 
     @torch.no_grad()
     def _oof_predictions(self, model: RetinaNet, loader) -> pd.DataFrame:
@@ -422,6 +419,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def validation_map(table: metric.ScoreTable) -> tuple[float, float]:
+    """An epoch's validation mAP at its best score threshold, on evaluate's grid (from 0.05,
+    the model's floor): a grid starting higher read a fold whose scores sat below it as
+    collapsed (mAP 0) although its out-of-fold predictions scored."""
+    maps, _ = table.score_grid(THRESHOLD_GRID)
+    maps = np.nan_to_num(maps)
+    best = int(np.argmax(maps))
+    return float(maps[best]), THRESHOLD_GRID[best]
 
 
 def original_scale(metadata: pd.DataFrame, image_size: int) -> dict[str, tuple[float, float]]:
