@@ -79,6 +79,7 @@ def test_ui_artifacts_open_from_a_browser(
     assert len(images) == 3
     for url in images:
         assert opened_image(url).width >= 300
+        assert url.startswith("data:") or urlsplit(url).netloc == urlsplit(public).netloc
     card_link = re.search(r"model card: \[model-card.md\]\(([^)]+)\)", report).group(1)
     assert urlsplit(card_link).netloc == urlsplit(public).netloc
     assert "not a medical device" in httpx.get(card_link).text
