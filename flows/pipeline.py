@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -21,7 +22,7 @@ from flows.deployment_names import PIPELINE_FLOW, TRAIN_FOLD_DEPLOYMENT
 from flows.gpu_jobs import deployment_gpu_jobs
 from flows.preflight import check_folds
 from flows.train_fold import train_fold_flow
-from pneumo_core import champion, config, kaggle
+from pneumo_core import champion, config, kaggle, prepare
 from pneumo_core.config_form import RunOverrides
 from pneumo_core.errors import InputError, PneumoError
 from pneumo_core.run_ids import check_run_id
@@ -115,6 +116,7 @@ def pipeline(
         prepare_dataset.with_options(**cached),
         store,
         f"prepared/{dataset}/{run_config.image_size}/summary.json",
+        check=lambda: prepare.cache_problems(store, dataset, run_config.image_size),
         storage=uri,
         dataset=dataset,
         digest=ingested["digest"],
@@ -200,11 +202,23 @@ def _prediction_outcome(state: State) -> dict[str, Any]:
     return {"error": message}
 
 
-def _run_cached(step: Any, store: ObjectStore, marker: str, **parameters: Any) -> dict:
-    """Run a cached step; when a cache hit's output is gone from the store, run it again."""
+def _run_cached(
+    step: Any,
+    store: ObjectStore,
+    marker: str,
+    check: Callable[[], list[str]] | None = None,
+    **parameters: Any,
+) -> dict:
+    """Run a cached step; when a cache hit's output is gone from the store, or `check` finds
+    it damaged (each problem naming its object), run it again before anything uses it."""
     result = step(**parameters)
-    if not store.exists(marker):
-        get_run_logger().warning("%s is missing despite a cached result; redoing", marker)
+    problems = [] if store.exists(marker) else [f"{marker} is missing"]
+    if not problems and check is not None:
+        problems = check()
+    if problems:
+        get_run_logger().warning(
+            "redoing %s despite a cached result: %s", step.name, "; ".join(problems)
+        )
         result = step.with_options(refresh_cache=True)(**parameters)
     return result
 

@@ -11,6 +11,7 @@ finds it and does nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import multiprocessing
@@ -34,11 +35,11 @@ from pneumo_core.folds import make_folds
 from pneumo_core.kaggle import manifest_key
 from pneumo_core.labels import BOX_COLUMNS, Labels, load_labels
 from pneumo_core.progress import progress_reporter
-from pneumo_core.storage import LocalStore, ObjectStore
+from pneumo_core.storage import LocalStore, ObjectStore, file_sha256
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: summary.json records the sha256 of every object
 SPLITS = ("train", "test")
 LABELS_FILE = "stage_2_train_labels.csv"
 CLASS_INFO_FILE = "stage_2_detailed_class_info.csv"
@@ -143,9 +144,12 @@ def prepare_dataset(
         metadata, quarantine = _decode_all(jobs, store, image_size, workers, paths, progress)
         decode_seconds = time.perf_counter() - decode_started
         tables = _tables(labels, metadata, image_size, n_folds, seed)
+        checksums = {f"images-{s}.npy": file_sha256(paths[s]) for s in SPLITS}
         store.delete(prefix + "summary.json")  # from here on the old cache is not valid
     for name, frame in {**tables, "metadata": metadata, "quarantine": quarantine}.items():
-        store.put_text(f"{prefix}{name}.csv", frame.to_csv(index=False))
+        text = frame.to_csv(index=False)
+        store.put_text(f"{prefix}{name}.csv", text)
+        checksums[f"{name}.csv"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
     train_ids = {j.patient_id for j in jobs if j.split == "train"}
     labelled = set(labels.patients["patientId"])
     missing = sorted(labelled - train_ids)
@@ -170,6 +174,7 @@ def prepare_dataset(
         "images_per_second": round(rate, 2),
         "images_per_second_per_core": round(rate / workers, 2),
         "workers": workers,
+        "sha256": checksums,
     }
     store.put_json(prefix + "summary.json", summary)
     result = _result(prefix, summary, reused=False)
@@ -231,7 +236,40 @@ def _finished_earlier(
     ]
     if not all(store.exists(prefix + n) for n in names):
         return None
+    problems = _checksum_problems(store, prefix, summary)
+    if problems:
+        log.warning("prepare: rebuilding the cache: %s", "; ".join(problems))
+        return None
     return _result(prefix, summary, reused=True)
+
+
+def cache_problems(store: ObjectStore, dataset: str, image_size: int) -> list[str]:
+    """What is wrong with a finished cache, each naming its object: summary.json missing, or
+    an object missing or not matching the sha256 summary.json recorded for it (truncated or
+    altered after prepare wrote it). Empty when the cache can be trusted."""
+    prefix = prepared_prefix(dataset, image_size)
+    try:
+        summary = store.get_json(prefix + "summary.json")
+    except (ObjectNotFound, InputError) as exc:
+        return [f"{store.url(prefix + 'summary.json')} is missing or unreadable ({exc})"]
+    return _checksum_problems(store, prefix, summary)
+
+
+def _checksum_problems(store: ObjectStore, prefix: str, summary: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, expected in sorted((summary.get("sha256") or {}).items()):
+        key = prefix + name
+        try:
+            actual = store.sha256(key)
+        except ObjectNotFound:
+            problems.append(f"{store.url(key)} is missing")
+            continue
+        if actual != expected:
+            problems.append(
+                f"{store.url(key)} does not match the sha256 summary.json recorded "
+                "(truncated or altered)"
+            )
+    return problems
 
 
 def _result(prefix: str, summary: dict[str, Any], reused: bool) -> PrepareResult:

@@ -529,7 +529,7 @@ class S3Store(ObjectStore):
             "PUT",
             key,
             lambda: self._client.put_object(
-                Bucket=self.bucket, Key=full, Body=data, Metadata={"sha256": digest}
+                Bucket=self.bucket, Key=full, Body=data, Metadata=_checksum(digest, len(data))
             ),
         )
 
@@ -553,7 +553,7 @@ class S3Store(ObjectStore):
                 str(source),
                 self.bucket,
                 full,
-                ExtraArgs={"Metadata": {"sha256": digest}},
+                ExtraArgs={"Metadata": _checksum(digest, source.stat().st_size)},
                 Config=self._transfer,
             ),
         )
@@ -614,8 +614,12 @@ class S3Store(ObjectStore):
 
     def sha256(self, key: str) -> str:
         """From the metadata our writes store; objects written by others are hashed as a stream."""
-        stored = self._head(key).get("Metadata", {}).get("sha256")
-        if stored:
+        head = self._head(key)
+        metadata, length = head.get("Metadata", {}), str(head["ContentLength"])
+        stored = metadata.get("sha256")
+        # A PUT cut off mid-body can leave an empty object carrying the full one's metadata
+        # (seen on SeaweedFS): trust the recorded sha256 only when the length agrees.
+        if stored and metadata.get("size", length) == length:
             return stored
         full = self._full(key)
 
@@ -652,7 +656,7 @@ class S3Store(ObjectStore):
         def put() -> bool:
             try:
                 self._client.put_object(
-                    Bucket=self.bucket, Key=full, Body=data, Metadata={"sha256": digest},
+                    Bucket=self.bucket, Key=full, Body=data, Metadata=_checksum(digest, len(data)),
                     **condition,
                 )  # fmt: skip
             except ClientError as exc:
@@ -691,6 +695,11 @@ class S3Store(ObjectStore):
         return client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_s
         )
+
+
+def _checksum(sha256: str, size: int) -> dict[str, str]:
+    """Object metadata our writes carry: what `S3Store.sha256` answers without a download."""
+    return {"sha256": sha256, "size": str(size)}
 
 
 def open_store(uri: str | Path) -> ObjectStore:

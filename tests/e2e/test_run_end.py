@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import pipeline
-from pneumo_core import DEFAULT_DATASET, champion, kaggle, predict, synthetic
+from pneumo_core import DEFAULT_DATASET, champion, kaggle, predict, prepare, synthetic
 from pneumo_core.storage import open_store
 from tests.e2e.test_flows import eventually, latest_pipeline_run, task_runs
 
@@ -61,8 +61,12 @@ def test_bad_test_image_strays_and_failed_predict_still_end_the_run(
     assert champion.read_champion(store).run_id == run_id
     checkpoints = {f: store.get_bytes(f"runs/{run_id}/fold-{f}/checkpoint-last.pt") for f in (0, 1)}
 
-    # The cause fixed, a resume redoes only the prediction (no training, no evaluation).
+    # The cause fixed, a resume redoes only the prediction (no training, no evaluation); a
+    # prepared object damaged meanwhile is found by its checksum and rebuilt before use.
     blocker.rmdir()
+    damaged = f"{prepare.prepared_prefix(DEFAULT_DATASET, 64)}images-test.npy"
+    whole = store.get_bytes(damaged)
+    store.put_bytes(damaged, whole[:-100])
     resumed = pipeline(
         source=str(data), storage=store.uri, preset="ci", overrides=OVERRIDES, run_id=run_id,
         return_state=True,
@@ -79,6 +83,7 @@ def test_bad_test_image_strays_and_failed_predict_still_end_the_run(
     flow_run = latest_pipeline_run()
     runs = eventually(lambda: task_runs([flow_run.id]), lambda r: "report" in r)
     assert "predict-test-images" in runs and "evaluate" not in runs
+    assert store.get_bytes(damaged) == whole and "does not match the sha256" in caplog.text
 
     # Predicting a store prefix reads bytes: the warning names the object, never "<bytes>".
     caplog.set_level(logging.WARNING, logger="pneumo_core.predict")

@@ -1,0 +1,247 @@
+"""Faults a scheduled pipeline meets, done for real: the object store going away in the middle
+of an ingest (a proxy in front of the real SeaweedFS that stops forwarding, as a network
+partition would), a Kaggle download cut off at the API boundary, and a prepared cache object
+truncated in the store."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pneumo_core import DEFAULT_DATASET, kaggle, prepare, synthetic
+from pneumo_core.errors import TransientStorageError
+from pneumo_core.storage import ObjectStore, S3Store
+from tests.seaweedfs import S3Server
+
+PREFIX = prepare.prepared_prefix(DEFAULT_DATASET, 32)
+
+
+class OutageProxy:
+    """A TCP proxy to the S3 server that can go down (live connections cut, new ones reset)
+    and come back."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.up = threading.Event()
+        self.up.set()
+        self.live: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # a reset, like a host that is gone
+                continue
+            remote = socket.create_connection(self.upstream)
+            with self.lock:
+                self.live |= {client, remote}
+            for a, b in ((client, remote), (remote, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def down(self) -> None:
+        self.up.clear()
+        with self.lock:
+            for sock in self.live:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.live.clear()
+
+    def close(self) -> None:
+        self.down()
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(seaweedfs: S3Server) -> Iterator[OutageProxy]:
+    proxy = OutageProxy(seaweedfs.endpoint)
+    yield proxy
+    proxy.close()
+
+
+def _store(server: S3Server, endpoint: str, prefix: str, tmp_path: Path) -> S3Store:
+    return S3Store(
+        server.bucket, prefix, endpoint_url=endpoint, access_key=server.access_key,
+        secret_key=server.secret_key, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+
+
+def _check_against_manifest(store: ObjectStore) -> dict:
+    manifest = store.get_json(kaggle.manifest_key(DEFAULT_DATASET))
+    wrong = [m["key"] for m in manifest["members"] if store.sha256(m["key"]) != m["sha256"]]
+    assert not wrong, f"objects differ from the manifest: {wrong[:3]}"
+    sizes = [(m["key"], store.size(m["key"]), m["size"]) for m in manifest["members"]]
+    wrong = [s for s in sizes if s[1] != s[2]]
+    assert not wrong, f"stored sizes differ from the manifest: {wrong[:3]}"
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    return synthetic.generate(out, n_train=60, n_test=20, image_size=128, seed=4)
+
+
+def _stored(direct: S3Store) -> int:
+    return len(direct.list(f"raw/{DEFAULT_DATASET}/"))
+
+
+def test_store_outage_within_the_retry_window_is_survived(
+    seaweedfs: S3Server, proxy: OutageProxy, source: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "10")
+    monkeypatch.setenv("PNEUMO_S3_BACKOFF_S", "0.2")
+    prefix = f"tests/outage-{time.time_ns()}"
+    store = _store(seaweedfs, proxy.endpoint, prefix, tmp_path)
+    direct = _store(seaweedfs, seaweedfs.endpoint, prefix, tmp_path)
+    went_down = threading.Event()
+    outage = threading.Thread(target=_outage_after, args=(proxy, direct, 20, 2.0, went_down))
+    outage.start()
+    result = kaggle.ingest(str(source), store, progress=False)
+    outage.join()
+    assert went_down.is_set()
+    assert result.uploaded == result.members == 83
+    _check_against_manifest(direct)
+    direct.delete_prefix("")
+
+
+def _outage_after(
+    proxy: OutageProxy, direct: S3Store, objects: int, seconds: float, went_down: threading.Event
+) -> None:
+    """Take the store away once `objects` are stored, for `seconds`."""
+    deadline = time.monotonic() + 120
+    while _stored(direct) < objects and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proxy.down()
+    went_down.set()
+    time.sleep(seconds)
+    proxy.up.set()
+
+
+def test_a_longer_outage_fails_clearly_and_a_rerun_uploads_only_what_is_missing(
+    seaweedfs: S3Server, proxy: OutageProxy, source: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("PNEUMO_S3_BACKOFF_S", "0.05")
+    prefix = f"tests/outage-{time.time_ns()}"
+    store = _store(seaweedfs, proxy.endpoint, prefix, tmp_path)
+    direct = _store(seaweedfs, seaweedfs.endpoint, prefix, tmp_path)
+    went_down = threading.Event()
+    outage = threading.Thread(
+        target=_outage_after, args=(proxy, direct, 20, 3600, went_down), daemon=True
+    )
+    outage.start()
+    with pytest.raises(TransientStorageError, match=r"S3 .* failed after 2 attempts") as raised:
+        kaggle.ingest(str(source), store, progress=False)
+    assert seaweedfs.secret_key not in str(raised.value)
+    assert not direct.exists(kaggle.manifest_key(DEFAULT_DATASET))  # no manifest over half
+    stored = direct.list(f"raw/{DEFAULT_DATASET}/")
+    assert 20 <= len(stored) < 83
+    # objects whose PUT the outage cut off may be stored empty: those count as missing
+    prefix_len = len(f"raw/{DEFAULT_DATASET}/")
+    intact = [k for k in stored if direct.get_bytes(k) == (source / k[prefix_len:]).read_bytes()]
+
+    proxy.up.set()  # the store is back: the re-run uploads what is missing, nothing more
+    assert went_down.is_set()
+    result = kaggle.ingest(str(source), store, progress=False)
+    assert result.uploaded == 83 - len(intact) and result.skipped == len(intact)
+    _check_against_manifest(direct)
+    direct.delete_prefix("")
+
+
+class CutDownload:
+    """The Kaggle API object with its one network call replaced: the first download stops
+    half way (the partial zip is on disk, then the connection breaks), later ones succeed."""
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.calls = 0
+
+    def competition_download_files(self, competition: str, path: str, quiet: bool) -> None:
+        import requests
+
+        self.calls += 1
+        data = self.archive.read_bytes()
+        target = Path(path) / f"{competition}.zip"
+        if self.calls == 1:
+            target.write_bytes(data[: len(data) // 2])
+            raise requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead")
+        target.write_bytes(data)
+
+
+def test_an_interrupted_kaggle_download_is_never_ingested_and_a_retry_ingests_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
+) -> None:
+    from prefect import flow
+
+    from tasks.data import ingest
+
+    archive = synthetic.generate(tmp_path / "zip", n_train=6, n_test=2, image_size=64, zip=True)
+    api = CutDownload(archive)
+    monkeypatch.setattr(kaggle, "kaggle_api", lambda: api)
+    store_dir = tmp_path / "store"
+
+    @flow
+    def just_ingest() -> dict:
+        return ingest.with_options(retry_delay_seconds=0)(
+            source="kaggle://rsna-pneumonia-detection-challenge", storage=str(store_dir),
+            dataset=DEFAULT_DATASET, fingerprint=None,
+        )  # fmt: skip
+
+    result = just_ingest()
+    assert api.calls == 2
+    with zipfile.ZipFile(archive) as zf:
+        members = len([i for i in zf.infolist() if not i.is_dir()])
+    assert result["members"] == result["uploaded"] == members  # each member written once
+    from pneumo_core.storage import LocalStore
+
+    store = LocalStore(store_dir)
+    _check_against_manifest(store)
+    assert not list(store_dir.rglob("*.zip"))
+
+
+def test_a_damaged_prepared_object_is_detected_named_and_rebuilt(
+    store: ObjectStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = synthetic.generate(tmp_path / "data", n_train=8, n_test=2, image_size=64, seed=2)
+    kaggle.ingest(str(src), store, progress=False)
+    prepare.prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
+    assert prepare.cache_problems(store, DEFAULT_DATASET, 32) == []
+    key = PREFIX + "images-train.npy"
+    whole = store.get_bytes(key)
+    store.put_bytes(key, whole[: len(whole) // 2])  # truncated in the store
+
+    [problem] = prepare.cache_problems(store, DEFAULT_DATASET, 32)
+    assert store.url(key) in problem and "does not match the sha256" in problem
+    caplog.set_level(logging.WARNING, logger="pneumo_core.prepare")
+    result = prepare.prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
+    assert not result.reused and store.url(key) in caplog.text
+    assert store.get_bytes(key) == whole
+    assert prepare.cache_problems(store, DEFAULT_DATASET, 32) == []
