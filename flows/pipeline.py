@@ -33,7 +33,7 @@ from tasks.evaluation import evaluate_run, promote, write_report
 from tasks.kaggle_submit import submit_to_kaggle
 from tasks.policy import result_storage
 from tasks.prediction import predict_test_images
-from tasks.training import create_run, train_fold_on_worker
+from tasks.training import PICKUP_TIMEOUT_S, create_run, train_fold_on_worker
 from tasks.weights import ensure_pretrained_weights
 
 FoldRunner = Literal["local", "deployment"]
@@ -74,6 +74,7 @@ def pipeline(
     promotion_margin: float = champion.DEFAULT_MARGIN,
     fold_deployment: str = TRAIN_FOLD_DEPLOYMENT,
     gpus_per_worker: int = 1,
+    fold_pickup_timeout_s: float = PICKUP_TIMEOUT_S,
     submit: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one run end to end; returns where its outputs are.
@@ -84,7 +85,8 @@ def pipeline(
     `folds` limits training to some folds (None: all); `max_parallel_folds` caps the local
     runner (None: one per GPU, else the configuration's value, 1 on CPU);
     `gpus_per_worker` is N of the deployment runner: fold k gets GPU k mod N of its Docker
-    worker's host (0: no GPU);
+    worker's host (0: no GPU); a fold's deployment run that no worker starts within
+    `fold_pickup_timeout_s` is cancelled and fails the run naming the work pool;
     `submit` sends the submission to Kaggle when the run becomes the champion.
     """
     logger = get_run_logger()
@@ -126,7 +128,9 @@ def pipeline(
     )
     run_id = create_run(uri, run_config.to_dict(), run_id)
     if fold_runner == "deployment":
-        _train_on_workers(fold_deployment, uri, run_id, chosen, gpus_per_worker)
+        _train_on_workers(
+            fold_deployment, uri, run_id, chosen, gpus_per_worker, fold_pickup_timeout_s
+        )
     else:
         gpus = _gpu_count(run_config)
         parallel = max_parallel_folds or (gpus if gpus > 1 else run_config.max_parallel_folds)
@@ -245,12 +249,19 @@ def _train_here(storage: str, run_id: str, folds: list[int], parallel: int, gpus
 
 
 def _train_on_workers(
-    deployment: str, storage: str, run_id: str, folds: list[int], gpus_per_worker: int
+    deployment: str,
+    storage: str,
+    run_id: str,
+    folds: list[int],
+    gpus_per_worker: int,
+    pickup_timeout_s: float,
 ) -> None:
     """One `train-fold` deployment run per fold, all at once, each on its own GPU (fold k:
     GPU k mod gpus_per_worker); waits for every one."""
     job_variables = deployment_gpu_jobs(deployment, folds, gpus_per_worker)
-    futures = train_fold_on_worker.map(unmapped(deployment), storage, run_id, folds, job_variables)
+    futures = train_fold_on_worker.map(
+        unmapped(deployment), storage, run_id, folds, job_variables, unmapped(pickup_timeout_s)
+    )
     wait(futures)  # let every fold finish before the first failure ends the pipeline
     for future in futures:
         future.result()

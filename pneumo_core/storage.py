@@ -7,8 +7,8 @@ Writes are atomic on both backends: a reader sees the old object or the new one,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import functools
+import hashlib
 import json
 import os
 import random
@@ -355,13 +355,16 @@ class S3Store(ObjectStore):
 
     The endpoint, region and credentials come from the usual AWS_* variables
     (AWS_ENDPOINT_URL[_S3], AWS_REGION, AWS_ACCESS_KEY_ID, ...) unless given here.
-    Each operation is retried on transient failures (connection errors, timeouts, 5xx,
-    throttling) with exponential backoff and jitter: `max_attempts` tries in all
-    (env PNEUMO_S3_MAX_ATTEMPTS, default 6), the first delay `backoff_s`
-    (env PNEUMO_S3_BACKOFF_S, default 0.5 s) doubling up to 20 s. botocore's own retries
-    are off so that the number of attempts is exactly what was configured (a failed
-    multipart upload is aborted by boto3 and retried whole). Permanent failures (missing
-    bucket, refused credentials) raise StorageError at once.
+    Retries are this layer's alone (tasks do not retry a storage failure again): each
+    request is tried up to `max_attempts` times (env PNEUMO_S3_MAX_ATTEMPTS, default 10)
+    by botocore's `standard` retry mode, which retries connection errors, timeouts, 5xx and
+    throttling with jittered exponential backoff (each wait at most 20 s); multipart parts
+    and downloads are requests too, and s3transfer retries a download's broken stream the
+    same number of times. What botocore does not retry, a GET whose body breaks off while
+    being read, is retried here (`_get`), the first wait `backoff_s` (env
+    PNEUMO_S3_BACKOFF_S, default 0.5 s) doubling up to 20 s. Permanent failures (missing
+    bucket, refused credentials, a server that is not S3) raise StorageError at once, and a
+    request that used up its attempts TransientStorageError.
     """
 
     MAX_BACKOFF_S = 20.0
@@ -390,7 +393,7 @@ class S3Store(ObjectStore):
         self.prefix = check_prefix(prefix.strip("/")).strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.max_attempts = max(
-            1, int(max_attempts or _env_number("PNEUMO_S3_MAX_ATTEMPTS", 6, int))
+            1, int(max_attempts or _env_number("PNEUMO_S3_MAX_ATTEMPTS", 10, int))
         )
         self.backoff_s = (
             backoff_s if backoff_s is not None else _env_number("PNEUMO_S3_BACKOFF_S", 0.5, float)
@@ -405,7 +408,7 @@ class S3Store(ObjectStore):
             region_name=region or session.region_name or "us-east-1",
             signature_version="s3v4",
             s3={"addressing_style": "path"},  # SeaweedFS/MinIO have no virtual-host buckets
-            retries={"total_max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
             connect_timeout=5,
             read_timeout=60,
             request_checksum_calculation="when_required",  # S3 clones lag behind AWS here
@@ -418,6 +421,7 @@ class S3Store(ObjectStore):
             multipart_threshold=multipart_threshold,
             multipart_chunksize=max(5 * MiB, multipart_threshold),
             max_concurrency=4,
+            num_download_attempts=self.max_attempts,
         )
         self._bucket_seen = False
 
@@ -432,23 +436,40 @@ class S3Store(ObjectStore):
     # -- retries and error translation -------------------------------------------------------
 
     def _call(self, action: str, key: str | None, fn: Callable[[], T]) -> T:
-        """Run one S3 operation: retry what a retry can fix, translate the rest at once."""
+        """Run one S3 operation (botocore has retried what a retry can fix); translate errors."""
+        try:
+            return fn()
+        except Exception as exc:
+            error = self._translate(action, key, exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _get(self, key: str, read: Callable[[dict[str, Any]], T]) -> T:
+        """GET an object and `read` its response; a body that breaks off while being read
+        (botocore retries only until the response starts) is fetched again, boundedly."""
+        from botocore.exceptions import IncompleteReadError, ReadTimeoutError
+        from botocore.exceptions import ResponseStreamingError as Broken
+
+        full = self._full(check_key(key))
         for attempt in range(1, self.max_attempts + 1):
+            response = self._call(
+                "GET", key, lambda: self._client.get_object(Bucket=self.bucket, Key=full)
+            )
             try:
-                return fn()
-            except Exception as exc:
-                error = self._translate(action, key, exc)
-                if error is None:
-                    raise
-                if isinstance(error, TransientStorageError) and attempt < self.max_attempts:
-                    delay = min(self.MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
-                    time.sleep(delay * random.uniform(0.5, 1.0))
-                    continue
-                raise error from exc
+                return read(response)
+            except (Broken, IncompleteReadError, ReadTimeoutError) as exc:
+                if attempt == self.max_attempts:
+                    raise TransientStorageError(
+                        f"S3 GET of {self._where(key)}: the body broke off in each of "
+                        f"{self.max_attempts} attempts ({exc})"
+                    ) from exc
+                delay = min(self.MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(delay * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _where(self, key: str | None) -> str:
-        target = self.url(key) if key is not None else self.uri
+        target = f"s3://{self.bucket}/{self._full(key)}" if key is not None else self.uri
         return f"{target} (endpoint {self.endpoint})"
 
     def _translate(self, action: str, key: str | None, exc: Exception) -> Exception | None:
@@ -480,6 +501,12 @@ class S3Store(ObjectStore):
             return None
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if 400 <= status < 500 and not any(h.lower().startswith("x-amz-") for h in headers):
+            return StorageError(  # every S3 server (AWS, MinIO, SeaweedFS) sends x-amz-*
+                f"S3 {action} of {where}: the endpoint answered HTTP {status} without any "
+                "S3 header: it is not an S3 endpoint (check AWS_ENDPOINT_URL)"
+            )
         if code == "NoSuchBucket" or (code in _NOT_FOUND_CODES and not self._bucket_exists()):
             return StorageError(
                 f"S3 bucket {self.bucket!r} does not exist at endpoint {self.endpoint}"
@@ -534,12 +561,7 @@ class S3Store(ObjectStore):
         )
 
     def get_bytes(self, key: str) -> bytes:
-        full = self._full(check_key(key))
-        return self._call(
-            "GET",
-            key,
-            lambda: self._client.get_object(Bucket=self.bucket, Key=full)["Body"].read(),
-        )
+        return self._get(key, lambda response: response["Body"].read())
 
     def put_file(self, key: str, path: str | Path) -> None:
         """Streams the file; above the threshold it goes up as a multipart upload."""
@@ -621,26 +643,18 @@ class S3Store(ObjectStore):
         # (seen on SeaweedFS): trust the recorded sha256 only when the length agrees.
         if stored and metadata.get("size", length) == length:
             return stored
-        full = self._full(key)
 
-        def stream_hash() -> str:
-            body = self._client.get_object(Bucket=self.bucket, Key=full)["Body"]
+        def stream_hash(response: dict[str, Any]) -> str:
             digest = hashlib.sha256()
-            for chunk in body.iter_chunks(CHUNK):
+            for chunk in response["Body"].iter_chunks(CHUNK):
                 digest.update(chunk)
             return digest.hexdigest()
 
-        return self._call("GET", key, stream_hash)
+        return self._get(key, stream_hash)
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        full = self._full(check_key(key))
-
-        def get() -> tuple[bytes, str]:
-            response = self._client.get_object(Bucket=self.bucket, Key=full)
-            return response["Body"].read(), response["ETag"]
-
         try:
-            return self._call("GET", key, get)
+            return self._get(key, lambda response: (response["Body"].read(), response["ETag"]))
         except ObjectNotFound:
             return None
 

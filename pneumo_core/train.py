@@ -82,7 +82,15 @@ def train_fold(
     if store.exists(done_key):
         log.info("run %s fold %d is already trained; skipping", run_id, fold)
         return store.get_json(done_key)
-    return _FoldTrainer(store, run_id, fold, config).run(on_epoch)
+    try:
+        return _FoldTrainer(store, run_id, fold, config).run(on_epoch)
+    except torch.OutOfMemoryError as exc:  # the same batch fails the same way: never retried
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        raise InputError(
+            f"run {run_id} fold {fold}: out of memory at batch_size={config.batch_size} "
+            f"(val_batch_size={config.val_batch_size}): lower the batch size, e.g. --set "
+            f"batch_size={max(1, config.batch_size // 2)}, or use a larger GPU ({first})"
+        ) from exc
 
 
 class _FoldTrainer:

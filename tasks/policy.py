@@ -1,29 +1,42 @@
 """How pneumo's tasks retry, and where their results live.
 
-Retrying helps only with faults that may pass (a dropped connection, a store that was
-briefly unreachable); bad input or a bad configuration fails the same way every time, so
+One layer owns each retry. The object store retries its own requests (botocore's standard
+mode, pneumo_core/storage.py), so a storage failure that reaches a task has used up its
+attempts and is not retried again here. Tasks retry the rest of what may pass (a dropped
+Kaggle download, a crashed fold worker). Bad input or configuration, a full or read-only
+disk, a permission error and running out of GPU memory fail the same way every time, so
 those end the task at once instead of burning the retry budget.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import sys
 from typing import Any
 
 from prefect import Task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.tasks import exponential_backoff
 
-from pneumo_core.errors import InputError, StorageError
+from pneumo_core.errors import InputError, PneumoError, StorageError, TransientStorageError
 
 RETRIES = 3
+
+
+class NotRetried(PneumoError):
+    """A failure a task knows another try cannot fix (no worker on a pool, for example)."""
+
+
 RETRY_DELAY = exponential_backoff(backoff_factor=2)  # 2, 4, 8 s
 RETRY_JITTER = 0.5  # each delay may grow by up to half, so workers do not retry in step
 
 DETERMINISTIC: tuple[type[BaseException], ...] = (
     InputError,  # bad input or configuration (pneumo_core raises it for both)
     StorageError,  # permanent: missing object, no bucket, access denied
+    TransientStorageError,  # the store already retried it (its own layer)
+    NotRetried,
     ValueError,
     TypeError,
     KeyError,
@@ -32,9 +45,26 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (
 )
 
 
+# OSErrors of the machine, not of the moment: a full disk, a read-only or forbidden path.
+MACHINE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+     errno.ENOTDIR, errno.EEXIST, errno.EFBIG, errno.ENAMETOOLONG}
+)  # fmt: skip
+
+
 def is_transient(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
     """retry_condition_fn: retry anything but a deterministic failure."""
-    return not isinstance(failure_of(state), DETERMINISTIC)
+    return not is_deterministic(failure_of(state))
+
+
+def is_deterministic(error: BaseException | None) -> bool:
+    """True for a failure that a retry would meet again."""
+    if isinstance(error, DETERMINISTIC):
+        return True
+    if isinstance(error, OSError) and error.errno in MACHINE_ERRNOS:
+        return True
+    torch = sys.modules.get("torch")  # CUDA out of memory: the same batch runs out again
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
 
 
 def failure_of(state: State) -> BaseException | None:

@@ -129,9 +129,9 @@ def test_store_dropping_connections_is_retried_and_the_fold_completes(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """The worker's store resets its first two connections (the store itself gives up at
-    once here), so the training task fails twice with TransientStorageError, is retried with
-    backoff, and the fold is trained."""
+    """The worker's store resets its first two connections: the store's own layer (botocore's
+    retries, 3 attempts here) absorbs them, so the training task runs once, without a task
+    retry on top (one layer owns each retry), and the fold is trained."""
     import torch
 
     torch.set_num_threads(1)
@@ -143,7 +143,7 @@ def test_store_dropping_connections_is_retried_and_the_fold_completes(
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
         monkeypatch.setenv("AWS_REGION", seaweedfs.region)
-        monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "1")
+        monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "3")
         monkeypatch.setenv("PNEUMO_CACHE_DIR", str(tmp_path / "worker-cache"))
 
         state = train_fold_flow(run_id=run_id, fold=0, storage=storage, return_state=True)
@@ -155,9 +155,9 @@ def test_store_dropping_connections_is_retried_and_the_fold_completes(
     runs = task_runs_of(state.state_details.flow_run_id, "train-fold-0")
     training = runs["train-fold-0"]
     assert training.state_type.value == "COMPLETED"
-    assert training.run_count == 3
+    assert training.run_count == 1
     names = state_names(training.id)
-    assert names.count("AwaitingRetry") == 2 and names[-1] == "Completed", names
+    assert "AwaitingRetry" not in names and names[-1] == "Completed", names
 
 
 def test_bad_source_fails_at_once_without_retry(tmp_path: Path) -> None:

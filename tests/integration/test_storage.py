@@ -463,7 +463,9 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "8")
+    # botocore's standard mode waits rand() x 0.05 s x 2^n between tries: 14 tries make a
+    # window of seconds, not the fraction of a second that a few of them may give
+    monkeypatch.setenv("PNEUMO_S3_MAX_ATTEMPTS", "14")
     monkeypatch.setenv("PNEUMO_S3_BACKOFF_S", "0.2")
 
 
@@ -493,7 +495,7 @@ def test_server_that_comes_up_late_is_retried(
     proxy = DelayedProxy(seaweedfs.endpoint, delay_s=1.0)
     # the client is built before the proxy's clock starts, so the first attempt is refused
     store = _store_at(seaweedfs, f"http://127.0.0.1:{proxy.port}", tmp_path)
-    assert store.max_attempts == 8
+    assert store.max_attempts == 14
     with proxy:
         started = time.monotonic()
         store.put_bytes("late.txt", b"made it")  # connection refused until the proxy listens

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 
 import pytest
+import torch
 from prefect.states import Failed
 
 from pneumo_core.errors import InputError, ObjectNotFound, StorageError, TransientStorageError
@@ -15,10 +17,14 @@ from tasks.policy import RETRY_OPTIONS, is_transient
 @pytest.mark.parametrize(
     ("error", "retried"),
     [
-        (TransientStorageError("s3 unreachable"), True),
+        (TransientStorageError("s3 unreachable"), False),  # the store retried it already
         (ConnectionResetError("reset by peer"), True),
         (TimeoutError("read timed out"), True),
-        (RuntimeError("CUDA out of memory"), True),
+        (RuntimeError("worker died"), True),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), False),
+        (OSError(errno.ENOSPC, "No space left on device"), False),
+        (OSError(errno.EROFS, "Read-only file system"), False),
+        (PermissionError(errno.EACCES, "Permission denied"), False),
         (InputError("bad row 3"), False),
         (StorageError("no such bucket"), False),
         (ObjectNotFound("missing key"), False),
