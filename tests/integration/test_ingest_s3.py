@@ -75,6 +75,27 @@ def test_into_s3_rerun_skips_and_hostile_archive_changes_nothing(
     assert {k: s3_store.get_bytes(k) for k in s3_store.list("")} == before
 
 
+def test_into_s3_rerun_sends_no_head_for_what_the_manifest_proves(
+    s3_store: S3Store, archive: Path
+) -> None:
+    """An unchanged re-run lists the prefix once instead of a HEAD per object; an object
+    deleted behind the manifest's back is the only one asked about, and is put back."""
+    first = ingest(str(archive), s3_store)
+    heads: list[str] = []
+    s3_store._client.meta.events.register(
+        "before-parameter-build.s3.HeadObject", lambda params, **_: heads.append(params["Key"])
+    )
+    again = ingest(str(archive), s3_store)
+    assert (again.uploaded, again.skipped, heads) == (0, first.members, [])
+
+    gone = PREFIX + synthetic.TRAIN_LABELS
+    s3_store.delete(gone)
+    repaired = ingest(str(archive), s3_store)
+    assert (repaired.uploaded, len(heads)) == (1, 1)
+    assert heads[0].endswith(gone)
+    assert_stored(s3_store, zip_members(archive))
+
+
 def test_prepare_on_s3_matches_a_local_folder(
     s3_store: S3Store, archive: Path, tmp_path: Path
 ) -> None:
