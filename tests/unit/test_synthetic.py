@@ -17,6 +17,7 @@ from flows.cli import main
 from pneumo_core import synthetic
 from pneumo_core.dicom import read_dicom
 from pneumo_core.errors import InputError
+from pneumo_core.synthetic_paint import Painter, Patient, load_backgrounds
 
 SIZE = 128
 
@@ -148,10 +149,10 @@ def test_opacities_change_only_their_boxes(difficulty: str, low: float, high: fl
     """Painting a patient with and without its opacities (same RNG stream) differs only
     inside the labelled boxes, by a clear margin on easy and a few gray levels on hard."""
     size = 256
-    painter = synthetic._Painter(size, difficulty, synthetic._load_backgrounds(None, size))
+    painter = Painter(size, difficulty, backgrounds=[])
     for index in range(12):
-        patient = synthetic._Patient("p", "train", index, synthetic.OPACITY, 2, "F", 40, "AP")
-        clean = synthetic._Patient("p", "train", index, synthetic.OPACITY, 0, "F", 40, "AP")
+        patient = Patient("p", "train", index, synthetic.OPACITY, 2, "F", 40, "AP")
+        clean = Patient("p", "train", index, synthetic.OPACITY, 0, "F", 40, "AP")
         with_boxes = painter.paint(patient, np.random.default_rng(index)).astype(int)
         without = painter.paint(clean, np.random.default_rng(index)).astype(int)
         inside = np.zeros((size, size), bool)
@@ -209,7 +210,7 @@ def test_hard_uses_real_negatives_as_backgrounds(rsna_sample: Path) -> None:
     labels = read_csv(rsna_sample / synthetic.TRAIN_LABELS)
     positives = {r["patientId"] for r in labels if r["Target"] == "1"}
     negatives = {p.stem for p in folder.glob("*.dcm")} - positives
-    backgrounds = synthetic._load_backgrounds(folder, 64)
+    backgrounds = load_backgrounds(folder, 64)
     assert len(backgrounds) == len(negatives) == 11
     for background in backgrounds:
         assert background.pixels.shape == (64, 64) and background.pixels.dtype == np.uint8
