@@ -326,6 +326,14 @@ def _run_pipeline(**parameters: object) -> dict:
     """The pipeline flow on Prefect's ephemeral API, or the server PREFECT_API_URL names."""
     import os
 
+    from flows.child_guard import guard_children
+    from pneumo_core import temporaries
+    from pneumo_core.storage import LocalStore, open_store
+
+    if _WHOLE_PROCESS:  # the command line's own process: its children end with it
+        guard_children()
+    store = open_store(str(parameters["storage"]))
+    temporaries.sweep(store.root if isinstance(store, LocalStore) else store.cache_dir)
     # the ephemeral server's telemetry only adds "database is locked" noise on SQLite
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import pipeline
@@ -386,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WHOLE_PROCESS = False  # main() runs as the `pneumo` command, not inside a test or a caller
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _WHOLE_PROCESS
+    _WHOLE_PROCESS = argv is None
     args = build_parser().parse_args(argv)
     if getattr(args, "log_lines", False):
         # the core reports progress through logging; Prefect commands bring their own logging

@@ -63,7 +63,9 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     Same folder, so `os.replace` is an atomic rename; on failure the old `dest` stays intact.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=TMP_SUFFIX)
+    # the writer's pid in the name lets the next run remove what a killed one left (temporaries.py)
+    prefix = f".{dest.name}.{os.getpid()}."
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=prefix, suffix=TMP_SUFFIX)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
