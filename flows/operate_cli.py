@@ -34,7 +34,7 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
         f"~/.kaggle/kaggle.json) and records the answer in runs/<id>/{RECORD_NAME}.",
     )
     p.add_argument("--run", required=True, help="run id")
-    p.add_argument("--message", help="submission description (default: run id, OOF mAP, hash)")
+    p.add_argument("--message", help="your note; the run id, OOF mAP and config hash follow it")
     p.add_argument("--storage", required=True, help=STORAGE_HELP)
     p.add_argument("--competition", default=COMPETITION, help="Kaggle competition slug")
     p.set_defaults(handler=cmd_submit, log_lines=True)

@@ -105,10 +105,12 @@ def submit_run(
     attempts: int = ATTEMPTS,
     backoff_s: float | None = None,
 ) -> SubmissionRecord:
-    """Check, upload and record; transient failures (connection, 408/429/5xx, a failed
+    """Check, upload and record (`message`, if any, goes before the run id, OOF mAP and
+    configuration hash); transient failures (connection, 408/429/5xx, a failed
     upload) are tried again up to `attempts` times, others fail at once. Every outcome is
     recorded; a failure then raises KaggleSubmitError with one line."""
-    message = message or default_message(store, run_id)
+    # the run id, OOF mAP and configuration hash always travel with the submission
+    message = " | ".join(m for m in (message, default_message(store, run_id)) if m)
     with tempfile.TemporaryDirectory(prefix="pneumo-submit-") as tmp:
         path = checked_submission(store, run_id, Path(tmp))
         sha = file_sha256(path)
