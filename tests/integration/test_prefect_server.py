@@ -142,6 +142,9 @@ def test_flow_runs_get_credentials_that_no_deployment_holds(
         "def probe(out: str) -> None:\n"
         f"    names = {sorted(PROBE_ENV)!r}\n"
         "    open(out, 'w').write(json.dumps({n: os.environ.get(n) for n in names}))\n"
+        "    pids = [os.getpid(), os.getppid()]  # the flow run and the process that started it\n"
+        "    lines = [open(f'/proc/{p}/cmdline', 'rb').read().decode() for p in pids]\n"
+        "    open(out + '.cmdlines', 'w').write(json.dumps(lines))\n"
     )
     probe = flow.from_source(source=str(tmp_path), entrypoint="probe.py:probe")
     probe.deploy(name="probe", work_pool_name=POOL, print_next_steps=False)
@@ -150,6 +153,9 @@ def test_flow_runs_get_credentials_that_no_deployment_holds(
     finished = wait_for(flow_run.id, worker, timeout_s=180)
     assert finished.state.is_completed(), finished.state.message
     assert json.loads(out.read_text()) == PROBE_ENV
+    command_lines = json.loads(Path(f"{out}.cmdlines").read_text())
+    assert len(command_lines) == 2 and all(command_lines)  # the flow run and its parent
+    assert not [s for s in SECRETS if s in json.dumps(command_lines)]  # nothing on the process list
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("probe/probe")
     stored = json.dumps([deployment.model_dump(mode="json"), finished.model_dump(mode="json")])
