@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pneumo_core import DEFAULT_DATASET, champion, kaggle, synthetic
+from pneumo_core.errors import StorageError
 from pneumo_core.storage import ObjectStore, open_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,3 +175,41 @@ def test_two_ingests_at_once_leave_a_manifest_that_describes_the_store(
     wrong = [m["key"] for m in manifest["members"] if store.sha256(m["key"]) != m["sha256"]]
     assert not wrong, f"{len(wrong)} stored objects differ from the manifest, e.g. {wrong[0]}"
     assert not store.exists(kaggle.ingest_lock_key(DEFAULT_DATASET))
+
+
+def test_a_lock_whose_holder_was_killed_is_taken_over_after_its_lease(
+    base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder SIGKILLed inside the lease blocks others only until the lease runs out."""
+    from pneumo_core.lease import lease
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import sys, time
+            from pneumo_core.lease import lease
+            from pneumo_core.storage import open_store
+            with lease(open_store(sys.argv[1]), "locks/x.json", "a test holder"):
+                print("held", flush=True)
+                time.sleep(600)
+            """
+        ), base],
+        env={**os.environ, "PYTHONPATH": str(REPO), "PNEUMO_LOCK_TTL_S": "5"},
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    store = open_store(base)
+    monkeypatch.setenv("PNEUMO_LOCK_WAIT_S", "0")
+    with (
+        pytest.raises(StorageError, match=r"a test holder by .* holds the lock"),
+        lease(store, "locks/x.json", "a second writer"),
+    ):
+        pass
+    monkeypatch.setenv("PNEUMO_LOCK_WAIT_S", "30")
+    started = time.monotonic()
+    with lease(store, "locks/x.json", "a second writer") as held:
+        assert json.loads(store.read_versioned("locks/x.json")[0])["owner"] == held.owner
+    assert time.monotonic() - started < 10  # the 5 s lease ran out; no waiting for more
+    assert not store.exists("locks/x.json")
