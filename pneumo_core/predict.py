@@ -215,7 +215,7 @@ def _dicom_sources(images: str) -> Iterator[tuple[str, Callable[[], str | Path |
         store = open_store(images)
         for key in store.list():
             if key.lower().endswith(".dcm"):
-                yield key, (lambda k=key: store.get_bytes(k))
+                yield store.url(key), (lambda k=key: store.get_bytes(k))
         return
     path = Path(images)
     if path.is_file():
