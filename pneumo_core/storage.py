@@ -219,7 +219,7 @@ class LocalStore(ObjectStore):
         try:
             with atomic_path(path) as tmp:
                 yield tmp
-        except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        except OSError as exc:  # a full, read-only or forbidden disk: the machine's problem
             raise StorageError(f"cannot write {self.url(key)}: {exc.strerror}") from exc
 
     @contextlib.contextmanager

@@ -132,6 +132,34 @@ def test_a_read_only_store_is_a_system_error(source, tmp_path):
         assert "Read-only file system" in line or "Permission denied" in line, line
 
 
+@contextlib.contextmanager
+def tiny_disk(path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a disk that fills up for real."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem to fill up needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)])
+    if mounted.returncode != 0:
+        pytest.skip("running as root without the right to mount a tmpfs")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_is_a_system_error_and_leaves_no_half_written_object(tmp_path):
+    data = synthetic.generate(tmp_path / "big", n_train=8, n_test=2, image_size=256, seed=2)
+    with tiny_disk(tmp_path / "store") as store:
+        result = pneumo("ingest", "--source", str(data), "--storage", str(store))
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr  # ingest logs its progress; the error is last
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith("pneumo ingest: error: cannot write file://"), last
+        assert last.endswith("No space left on device"), last
+        assert not list(store.rglob("*.pneumo-tmp"))
+        assert not (store / "raw" / "rsna-pneumonia-detection-challenge" / "manifest.json").exists()
+
+
 def test_out_as_a_folder_is_a_system_error(tmp_path):
     result = pneumo(
         "predict", "--run", "exp-1", "--images", str(tmp_path), "--out", str(tmp_path),
