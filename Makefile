@@ -14,7 +14,7 @@ COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.1
 	--generate-hashes --no-emit-package opencv-python --index-url https://pypi.org/simple \
 	--custom-compile-command "make lock" --quiet
 
-.PHONY: demo test lint install lock
+.PHONY: demo test lint install lock bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,13 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Every benchmark, one JSON line per figure appended to bench/results/<date>-<host>.jsonl,
+# then the README's performance table regenerated from them (bench.table).
+bench: $(STAMP)
+	$(BIN)/python -m bench.bench_decode
+	$(BIN)/python -m bench.bench_prepare
+	$(BIN)/python -m bench.bench_metric
+	$(BIN)/python -m bench.bench_loader
+	$(BIN)/python -m bench.bench_train
+	$(BIN)/python -m bench.table --write README.md
