@@ -121,7 +121,17 @@ def log_tail(path: Path, lines: int = 60) -> str:
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """`prefect server start` on a free loopback port, with its own home and database."""
-    root = tmp_path_factory.mktemp("prefect-server")
+    server, port = server_settings(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        start_server(server, port)
+        yield server
+    finally:
+        server.stop_all()
+
+
+def server_settings(root: Path) -> tuple[PrefectServer, int]:
+    """A server's settings (home and SQLite database under `root`, a free port); not started."""
+    root.mkdir(parents=True, exist_ok=True)
     (port,) = free_ports(1)
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -133,21 +143,23 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
         "OMP_NUM_THREADS": "1",
     }
-    server = PrefectServer(api_url, env, root)
+    return PrefectServer(api_url, env, root), port
+
+
+def start_server(server: PrefectServer, port: int) -> subprocess.Popen:
+    """`prefect server start` for `server` on `port`, once its API answers (also a restart:
+    same database, same port)."""
     log = server.spawn(
         "server", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"
     )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.processes[0].poll() is not None:
-                raise RuntimeError(f"prefect server exited early:\n{log_tail(log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not healthy within 120 s:\n{log_tail(log)}")
-            time.sleep(0.5)
-        yield server
-    finally:
-        server.stop_all()
+    process = server.processes[-1]
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited early:\n{log_tail(log)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
+                return process
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"prefect server not healthy within 120 s:\n{log_tail(log)}")
+        time.sleep(0.5)
