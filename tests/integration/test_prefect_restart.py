@@ -13,7 +13,7 @@ import pytest
 from pneumo_core import synthetic
 from tests.integration.conftest import REPO, server_settings, start_server, stop_tree
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two pipeline runs on a busy CPU
 
 
 def _run(server_env: dict[str, str], *args: str) -> subprocess.Popen:
@@ -35,6 +35,7 @@ def test_prefect_server_restart_during_a_run(tmp_path: Path) -> None:
     first = start_server(server, port)
     args = ["--source", str(data), "--storage", str(store), "--preset", "ci", "--epochs", "3",
             "--set", "image_size=64", "--run-id", "restart"]  # fmt: skip
+    run = None
     try:
         run = _run(server.env, *args)
         deadline = time.monotonic() + 400
@@ -63,4 +64,6 @@ def test_prefect_server_restart_during_a_run(tmp_path: Path) -> None:
         assert "COMPLETED" in states, states
         print(f"\npipeline flow runs after the restart: {states} (exit {run.returncode} first)")
     finally:
+        if run is not None and run.poll() is None:
+            run.kill()  # its guard ends what it started
         server.stop_all()
