@@ -11,7 +11,7 @@ TEST_LOCK := requirements-test.lock
 # pyimgaug's opencv-python is left out (its GUI build needs libGL/X11): the headless build
 # is the only OpenCV, and --no-deps installs keep it so.
 COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
-	--generate-hashes --no-emit-package opencv-python --index-url https://pypi.org/simple \
+	--generate-hashes --no-emit-package opencv-python \
 	--custom-compile-command "make lock" --quiet
 
 .PHONY: demo test lint install lock bench

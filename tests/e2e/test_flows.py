@@ -169,7 +169,7 @@ def check_pipeline_in_prefect(flow_run_id: UUID, run_id: str) -> dict[str, Any]:
     by_key = {a.key: a for a in found if a.key}
     rows = json.loads(by_key["fold-metrics"].data)
     assert [r["fold"] for r in rows[:2]] == [0, 1]
-    assert rows[2]["fold"].startswith("all (out of fold, score threshold ")
+    assert rows[2]["fold"] == "all (out of fold, cross-fitted)"
     assert all(set(r) == set(rows[0]) for r in rows)  # one set of columns for the UI
     assert all(r["epochs"] == 1 and r["best_epoch"] == 0 for r in rows[:2])
     assert "Run " + run_id in by_key["run-report"].data
