@@ -114,7 +114,7 @@ def check_resume(
     """Refuse resuming `run_id` with a preset or overrides that differ from what it was
     created with (a resume always continues the stored configuration), naming each field."""
     asked = stored.with_overrides(overrides)
-    before, after = _flat(stored.to_dict()), _flat(asked.to_dict())
+    before, after = flatten(stored.to_dict()), flatten(asked.to_dict())
     differ = [
         f"{k} (stored {before[k]!r}, asked {after[k]!r})" for k in before if before[k] != after[k]
     ]
@@ -127,12 +127,13 @@ def check_resume(
         )
 
 
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"augment": {"gamma": 0.2}} -> {"augment.gamma": 0.2}"""
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested configuration as dotted field names: {"augment": {"gamma": 0.2}} ->
+    {"augment.gamma": 0.2} (resume checks and run comparisons name fields this way)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
-            out |= _flat(value, f"{prefix}{key}.")
+            out |= flatten(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pneumo_core.champion import CHAMPION_KEY, read_champion
-from pneumo_core.config import RunConfig
+from pneumo_core.config import RunConfig, flatten
 from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.kaggle_submit import RECORD_NAME
 from pneumo_core.run_ids import run_key
@@ -123,17 +122,6 @@ def champion_record(store: ObjectStore) -> dict[str, Any]:
 
 
 # --- comparing two runs ---------------------------------------------------------------------
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested configuration as dotted field names (augment.rotation_deg, ...)."""
-    flat: dict[str, Any] = {}
-    for name, value in config.items():
-        if isinstance(value, Mapping):
-            flat |= flatten(value, f"{prefix}{name}.")
-        else:
-            flat[f"{prefix}{name}"] = value
-    return flat
 
 
 @dataclass(frozen=True)
