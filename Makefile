@@ -14,7 +14,7 @@ COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.1
 	--generate-hashes --no-emit-package opencv-python \
 	--custom-compile-command "make lock" --quiet
 
-.PHONY: demo test lint install lock bench
+.PHONY: demo test test-docker lint install lock bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,3 +54,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_loader
 	$(BIN)/python -m bench.bench_train
 	$(BIN)/python -m bench.table --write README.md
+
+# The Docker tests: a private dockerd, the Debian base image, a local registry, `prefect deploy`
+# and fold containers (about 30 minutes here). Installs the engine when missing (Debian, root);
+# under CI=true a skip fails.
+test-docker: $(STAMP)
+	tests/docker/prerequisites.sh
+	$(BIN)/python -m pytest -m docker tests/docker

@@ -33,7 +33,7 @@ from tests.docker.engine import BASE_IMAGE, Engine
 from tests.integration.conftest import REPO, PrefectServer, log_tail
 from tests.seaweedfs import S3Server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 KAGGLE_KEY = f"docker-probe-kaggle-{uuid.uuid4().hex}"
 """A fake credential that must appear in no container command, log or artifact."""
