@@ -13,7 +13,7 @@ import pytest
 from pneumo_core import synthetic
 from tests.integration.conftest import REPO, server_settings, start_server, stop_tree
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two pipeline runs on a busy CPU
+pytestmark = pytest.mark.slow
 
 
 def _run(server_env: dict[str, str], *args: str) -> subprocess.Popen:
