@@ -7,7 +7,7 @@ tests start on 127.0.0.1 and nothing else. No image registry is reachable here, 
 image is bootstrapped from Debian packages (debootstrap) with this machine's CA bundle and
 pip settings, and cached as a tarball so that it is made once per machine:
 
-    python -m tests.docker.engine base-tarball     # what tests/docker/prerequisites.sh does before pytest
+    python -m tests.docker.engine base-tarball   # tests/docker/prerequisites.sh, before pytest
 """
 
 from __future__ import annotations
