@@ -18,8 +18,8 @@ from prefect.futures import wait
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.deployment_names import PIPELINE_FLOW, TRAIN_FOLD_DEPLOYMENT
-from flows.gpu_jobs import deployment_gpu_jobs
+from flows.core_logs import core_info_to_run_logs
+from flows.deployment_names import PIPELINE_FLOW, PREDICT_DEPLOYMENT, TRAIN_FOLD_DEPLOYMENT
 from flows.preflight import check_folds
 from flows.train_fold import train_fold_flow
 from pneumo_core import champion, config, kaggle, prepare
@@ -30,11 +30,13 @@ from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import load_run_config, run_key
 from tasks.data import ingest, prepare_dataset, source_fingerprint
 from tasks.evaluation import evaluate_run, promote, write_report
+from tasks.gpu_jobs import deployment_gpu_jobs
 from tasks.kaggle_submit import submit_to_kaggle
 from tasks.policy import result_storage
-from tasks.prediction import predict_test_images
-from tasks.training import PICKUP_TIMEOUT_S, create_run, train_fold_on_worker
+from tasks.prediction import predict_test_images, predict_test_images_on_worker
+from tasks.training import create_run, train_fold_on_worker
 from tasks.weights import ensure_pretrained_weights
+from tasks.worker_runs import PICKUP_TIMEOUT_S
 
 FoldRunner = Literal["local", "deployment"]
 
@@ -73,6 +75,7 @@ def pipeline(
     max_parallel_folds: int | None = None,
     promotion_margin: float = champion.DEFAULT_MARGIN,
     fold_deployment: str = TRAIN_FOLD_DEPLOYMENT,
+    predict_deployment: str = PREDICT_DEPLOYMENT,
     gpus_per_worker: int = 1,
     fold_pickup_timeout_s: float = PICKUP_TIMEOUT_S,
     submit: bool = False,
@@ -85,10 +88,12 @@ def pipeline(
     `folds` limits training to some folds (None: all); `max_parallel_folds` caps the local
     runner (None: one per GPU, else the configuration's value, 1 on CPU);
     `gpus_per_worker` is N of the deployment runner: fold k gets GPU k mod N of its Docker
-    worker's host (0: no GPU); a fold's deployment run that no worker starts within
-    `fold_pickup_timeout_s` is cancelled and fails the run naming the work pool;
+    worker's host (0: no GPU), and the test images are predicted by a `predict_deployment`
+    run on GPU 0; a deployment run that no worker starts within `fold_pickup_timeout_s` is
+    cancelled and fails the run naming the work pool;
     `submit` sends the submission to Kaggle when the run becomes the champion.
     """
+    core_info_to_run_logs()
     logger = get_run_logger()
     if run_id is not None:
         check_run_id(run_id)  # before any work: a bad id must not leave a half-made run behind
@@ -142,7 +147,14 @@ def pipeline(
     evaluation = _stored_evaluation(store, run_id, trained) or evaluate_run(uri, run_id)
     # A failed prediction must not cost the trained run its evaluation, decision and report:
     # it is recorded, and raised once everything else is stored (a resume redoes only it).
-    prediction = _prediction_outcome(predict_test_images(uri, run_id, return_state=True))
+    if fold_runner == "deployment":
+        predicted = predict_test_images_on_worker(
+            predict_deployment, uri, run_id, gpus_per_worker, fold_pickup_timeout_s,
+            return_state=True,
+        )  # fmt: skip
+    else:
+        predicted = predict_test_images(uri, run_id, return_state=True)
+    prediction = _prediction_outcome(predicted)
     decision = None
     if len(trained) == run_config.n_folds:
         decision = promote(uri, run_id, evaluation["oof_map"], promotion_margin)

@@ -25,7 +25,7 @@ from pneumo_core.data import PreparedCache
 from pneumo_core.dicom import DicomError
 from pneumo_core.errors import InputError, ObjectNotFound, PneumoError
 from pneumo_core.model import Detection, ModelInfo, build_model, detect_batch
-from pneumo_core.prepare import decode_resized
+from pneumo_core.prepare import decode_resized, prepared_prefix
 from pneumo_core.progress import progress_reporter
 from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import fold_key, load_checkpoint, load_run_config, resolve_device, run_key
@@ -103,7 +103,7 @@ def predict_test_set(store: ObjectStore, run_id: str, out: str | Path) -> TestSe
             for (_, pid), (boxes, scores) in zip(chunk, fused, strict=True):
                 rows[pid] = _to_original(boxes, scores, meta.loc[pid], size)
             advance(len(chunk))
-    quarantined = _quarantined(store, cache.prefix, "test")
+    quarantined = quarantined_test_images(store, run_id)
     for item in quarantined:  # the caller warns about each, naming its file
         rows.setdefault(item["patientId"], _NO_BOX)
     if not rows:
@@ -165,14 +165,17 @@ def _write_checked(rows: dict[str, Detection], out: Path) -> Path:
     return out
 
 
-def _quarantined(store: ObjectStore, prefix: str, split: str) -> list[dict[str, str]]:
-    """Rows of the cache's quarantine.csv for one split."""
+def quarantined_test_images(store: ObjectStore, run_id: str) -> list[dict[str, str]]:
+    """The test images that prepare quarantined for the run's cache (patientId, key, reason):
+    each gets an empty PredictionString in the run's submission."""
+    config = load_run_config(store, run_id)
+    prefix = prepared_prefix(config.dataset, config.image_size)
     try:
         text = store.get_text(prefix + "quarantine.csv")
     except ObjectNotFound:
         return []
     frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    return frame[frame["split"] == split][["patientId", "key", "reason"]].to_dict("records")
+    return frame[frame["split"] == "test"][["patientId", "key", "reason"]].to_dict("records")
 
 
 def load_fold_models(

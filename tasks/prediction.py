@@ -10,11 +10,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact
 
 from pneumo_core import predict, submission
-from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.errors import InputError, ObjectNotFound, PneumoError
 from pneumo_core.storage import ObjectStore, open_store
 from pneumo_core.train import load_run_config, run_key
 from tasks.evaluation import store_link
+from tasks.gpu_jobs import deployment_gpu_jobs
 from tasks.policy import RETRY_OPTIONS
+from tasks.worker_runs import PICKUP_TIMEOUT_S, ended, run_on_worker
 
 PREDICT_TIMEOUT = 6 * 3600.0
 
@@ -46,6 +48,43 @@ def predict_test_images(storage: str, run_id: str) -> dict:
         )  # fmt: skip
     logger.info("submission for run %s: %s", run_id, store.url(key))
     return {"submission": store.url(key), "quarantined": result.quarantined}
+
+
+class PredictRunFailed(PneumoError):
+    """The `predict` deployment run for a run's test images did not complete."""
+
+
+@task(
+    name="predict-test-images-on-worker",
+    task_run_name="predict-test-images-on-worker",
+    **RETRY_OPTIONS,
+)
+def predict_test_images_on_worker(
+    deployment: str,
+    storage: str,
+    run_id: str,
+    gpus_per_worker: int,
+    pickup_timeout_s: float = PICKUP_TIMEOUT_S,
+) -> dict:
+    """predict-test-images as a `predict` deployment run on a GPU worker (when folds train on
+    workers, the orchestrating container has no GPU): GPU 0 of the worker's host, as fold 0
+    (none when `gpus_per_worker` is 0). The same result as predict_test_images, read from
+    the store; a Crashed child is retried."""
+    (job_variables,) = deployment_gpu_jobs(deployment, [0], gpus_per_worker)
+    parameters = {"storage": storage, "run_id": run_id, "images": None}
+    flow_run = run_on_worker(deployment, parameters, job_variables, pickup_timeout_s)
+    failure = ended(flow_run)
+    if failure:
+        raise PredictRunFailed(
+            f"run {run_id}: predict flow run {flow_run.name!r} ({flow_run.id}) ended {failure}"
+        )
+    store = open_store(storage)
+    key = run_key(run_id, "submission.csv")
+    get_run_logger().info("submission for run %s by flow run %s", run_id, flow_run.name)
+    return {
+        "submission": store.url(key),
+        "quarantined": predict.quarantined_test_images(store, run_id),
+    }
 
 
 @task(

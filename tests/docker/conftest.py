@@ -1,5 +1,6 @@
 """Fixtures for the tests on a real Docker engine: a private dockerd with the Debian base
-image, and a local image registry (Debian's docker-registry) on 127.0.0.1.
+image, and a local image registry (Debian's docker-registry) on 127.0.0.1, both keeping
+their images between sessions (tests/docker/engine.py).
 
 Where no engine can start (no root, no dockerd, another OS) these tests skip with the
 reason; under CI=true a skip here fails instead, so CI cannot pass without them.
@@ -7,24 +8,31 @@ reason; under CI=true a skip here fails instead, so CI cannot pass without them.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.docker.engine import Engine, start_engine, stop_engine, unavailable_reason
+from tests.docker.engine import (
+    Engine,
+    EngineUnavailable,
+    Registry,
+    start_engine,
+    start_registry,
+    stop_engine,
+    stop_registry,
+    unavailable_reason,
+)
 from tests.integration.conftest import prefect_server  # noqa: F401  (a server of its own)
-from tests.seaweedfs import free_ports
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Docker tests last: the worker image's build that .ci/run starts beside the suite
+    gets the rest of the suite's time to finish (their engine waits for it)."""
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -39,11 +47,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[Engine]:
-    """A private dockerd with the base image imported; every container removed at the end."""
+    """A private dockerd with the base image imported; every container removed at the end.
+    It waits while another engine (a `warm` build) holds the kept data root."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"no Docker engine: {reason}")
+    started = time.monotonic()
     engine = start_engine()
+    print(f"Docker engine up in {time.monotonic() - started:.0f} s (waits for a warm build)")
     try:
         engine.import_base()
         yield engine
@@ -51,44 +62,14 @@ def docker_engine() -> Iterator[Engine]:
         stop_engine(engine)
 
 
-@dataclass
-class Registry:
-    """A running docker-registry; `address` (host:port) prefixes image names pushed to it."""
-
-    address: str
-    process: subprocess.Popen
-
-
 @pytest.fixture(scope="session")
-def image_registry() -> Iterator[Registry]:
-    """Debian's docker-registry on a free loopback port with a throwaway storage folder."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        pytest.skip("docker-registry not installed (apt-get install docker-registry)")
-    root = Path(tempfile.mkdtemp(prefix="pneumo-registry-"))
-    (port,) = free_ports(1)
-    address = f"127.0.0.1:{port}"
-    (root / "config.yml").write_text(
-        "version: 0.1\n"
-        "log: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
-        f"http: {{addr: {address}}}\n"
-    )
-    with (root / "registry.log").open("wb") as log:
-        process = subprocess.Popen(
-            [binary, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT
-        )
+def image_registry(docker_engine: Engine) -> Iterator[Registry]:
+    """Debian's docker-registry on 127.0.0.1 with the kept storage (tests/docker/engine.py)."""
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://{address}/v2/", timeout=2).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "registry.log").read_text(errors="replace")[-2000:])
-            time.sleep(0.3)
-        yield Registry(address, process)
+        registry = start_registry()
+    except EngineUnavailable as exc:
+        pytest.skip(f"no image registry: {exc}")
+    try:
+        yield registry
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_registry(registry)

@@ -29,7 +29,7 @@ import pytest
 
 from flows import deployment_names as names
 from tests.docker import commands
-from tests.docker.engine import BASE_IMAGE, Engine
+from tests.docker.engine import BASE_IMAGE, WORKER_REPOSITORY, Engine
 from tests.integration.conftest import REPO, PrefectServer, log_tail
 from tests.seaweedfs import S3Server
 
@@ -64,7 +64,7 @@ def documented_env(
     return {
         **server.env,
         "DOCKER_HOST": engine.host,
-        "PNEUMO_IMAGE": f"{registry}/pneumo-worker",
+        "PNEUMO_IMAGE": f"{registry}/{WORKER_REPOSITORY}",
         "PNEUMO_STORAGE": f"s3://{seaweedfs.bucket}/{prefix}",
         "PNEUMO_BASE_IMAGE": BASE_IMAGE,
         "PNEUMO_BUILD_NETWORK": "host",
@@ -107,7 +107,8 @@ def deployed(
     run(venv_command(commands.SERVER_SETUP), env, timeout=120)
     started = time.monotonic()
     output = run(venv_command(commands.DEPLOY), env, timeout=1500)
-    print(f"prefect deploy (build + push) took {time.monotonic() - started:.0f} s")
+    cached = output.count("Using cache")  # steps found in the kept layer cache (engine.py)
+    print(f"prefect deploy (build + push) took {time.monotonic() - started:.0f} s, {cached=}")
     # The worker gets nothing of the store: its runs get credentials from the pool's env.
     worker_env = {k: v for k, v in env.items() if not k.startswith(("AWS_", "KAGGLE_"))}
     worker = shlex.split(commands.WORKER)
@@ -154,7 +155,7 @@ def in_image(deployed: Deployed, *command: str, volumes: tuple[str, ...] = ()) -
 @pytest.mark.timeout(1800)  # its setup builds and pushes the image (about 10 minutes here)
 def test_the_image_was_built_by_the_deploy_and_pushed(deployed: Deployed) -> None:
     engine = deployed.engine
-    assert deployed.image.startswith(f"{deployed.registry}/pneumo-worker:")
+    assert deployed.image.startswith(f"{deployed.registry}/{WORKER_REPOSITORY}:")
     assert "Running deployment build steps" in deployed.deploy_output
     assert "Running deployment push steps" in deployed.deploy_output
     repository = deployed.image.rsplit(":", 1)[0]
@@ -244,6 +245,8 @@ def test_folds_train_in_containers_and_a_killed_fold_resumes(
 ) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
         FlowRunFilter,
         FlowRunFilterName,
         LogFilter,
@@ -300,6 +303,12 @@ def test_folds_train_in_containers_and_a_killed_fold_resumes(
             children = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=f"{run_id}-fold-"))
             )
+            predict_deployment = client.read_deployment_by_name(names.PREDICT_DEPLOYMENT)
+            (predict_run,) = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[predict_deployment.id])
+                )
+            )
             logs = client.read_logs(
                 LogFilter(flow_run_id=LogFilterFlowRunId(any_=[c.id for c in children]))
             )
@@ -318,17 +327,25 @@ def test_folds_train_in_containers_and_a_killed_fold_resumes(
     pipeline_containers = [
         c for c in watcher.seen.values() if c["Config"]["Image"] == deployed.image
     ]
-    assert len(pipeline_containers) == 4  # the pipeline, fold 0 twice, fold 1
+    assert len(pipeline_containers) == 5  # the pipeline, fold 0 twice, fold 1, predict
     for container in pipeline_containers:
         config, host = container["Config"], container["HostConfig"]
         assert config["User"] == IMAGE_USER
         assert host["NetworkMode"] == "host"
         command = " ".join(config["Cmd"] or []) + " ".join(config["Entrypoint"] or [])
         assert not [s for s in deployed.secrets if s in command]
-    for container in by_fold[0] + by_fold[1]:
+    # The test images were predicted in a container of their own (a GPU job), not in the
+    # pipeline's.
+    (predict_container,) = [
+        c for c in pipeline_containers
+        if c["Config"]["Labels"].get("io.prefect.flow-run-id") == str(predict_run.id)
+    ]  # fmt: skip
+    assert predict_run.state_type.value == "COMPLETED"
+    assert predict_run.parameters == {"storage": deployed.storage, "run_id": run_id, "images": None}
+    for container in [*by_fold[0], *by_fold[1], predict_container]:
         assert container["HostConfig"]["ShmSize"] == 8 * 1024**3  # merged, not replaced
         assert not container["HostConfig"].get("DeviceRequests")  # gpus_per_worker = 0
-    for child in children:  # what each child run was given at run time
+    for child in [*children, predict_run]:  # what each child run was given at run time
         assert child.job_variables == {"container_create_kwargs": {"shm_size": "8g"}}, child
 
     # The killed child crashed, a fresh one resumed from the last checkpoint and finished.

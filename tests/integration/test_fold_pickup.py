@@ -15,7 +15,8 @@ import pytest
 
 from flows.pipeline import pipeline
 from pneumo_core import synthetic
-from tasks.training import FoldNotPickedUp, train_fold_on_worker
+from tasks.training import train_fold_on_worker
+from tasks.worker_runs import NotPickedUp
 from tests.integration.conftest import REPO, PrefectServer
 
 IDLE_POOL = "pneumo-no-worker"
@@ -99,4 +100,4 @@ def test_a_started_fold_may_run_longer_than_the_pickup_bound(idle_deployment: st
 def test_pickup_failure_is_not_retried() -> None:
     from tasks.policy import is_deterministic
 
-    assert is_deterministic(FoldNotPickedUp("no worker"))
+    assert is_deterministic(NotPickedUp("no worker"))

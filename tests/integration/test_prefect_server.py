@@ -111,7 +111,7 @@ def test_gpu_pools_take_the_deployments_as_documented(api: PrefectServer, tmp_pa
 
     # What each fold's child run gets from the pipeline: its own GPU on the Docker pool, the
     # deployment's other kwargs kept; nothing on the Kubernetes pool (the scheduler's job).
-    from flows.gpu_jobs import deployment_gpu_jobs
+    from tasks.gpu_jobs import deployment_gpu_jobs
 
     api.cli("deploy", "--prefect-file", str(definitions), "--name", "train-fold", extra_env=storage)
     per_fold = deployment_gpu_jobs(names.TRAIN_FOLD_DEPLOYMENT, [0, 1, 2], gpus_per_worker=2)

@@ -145,15 +145,25 @@ def test_gpu_jobs_ask_for_one_gpu_and_the_pipeline_for_none() -> None:
             assert "device_requests" not in kwargs and "gpu_count" not in pool["job_variables"]
 
 
-def test_each_fold_gets_its_own_gpu_and_keeps_the_deployments_kwargs() -> None:
+@pytest.mark.parametrize(
+    ("deployment", "jobs"),
+    [
+        (names.TRAIN_FOLD_DEPLOYMENT_NAME, ((0, "0"), (1, "1"), (2, "0"), (3, "1"))),
+        # the pipeline's test-set prediction (fold runner "deployment") is job 0
+        (names.PREDICT_DEPLOYMENT_NAME, ((0, "0"),)),
+    ],
+)
+def test_each_gpu_job_gets_its_own_gpu_and_keeps_the_deployments_kwargs(
+    deployment: str, jobs: tuple[tuple[int, str], ...]
+) -> None:
     import docker.types
 
-    from flows.gpu_jobs import gpu_job_variables
+    from tasks.gpu_jobs import gpu_job_variables
 
-    job_variables = deployments()[names.TRAIN_FOLD_DEPLOYMENT_NAME]["work_pool"]["job_variables"]
+    job_variables = deployments()[deployment]["work_pool"]["job_variables"]
     given = job_variables["container_create_kwargs"]
-    for fold, gpu in ((0, "0"), (1, "1"), (2, "0"), (3, "1")):
-        kwargs = gpu_job_variables(job_variables, "docker", fold, 2)["container_create_kwargs"]
+    for index, gpu in jobs:
+        kwargs = gpu_job_variables(job_variables, "docker", index, 2)["container_create_kwargs"]
         (request,) = kwargs.pop("device_requests")
         assert docker.types.DeviceRequest(**request)["DeviceIDs"] == [gpu]
         assert docker.types.DeviceRequest(**request)["Count"] == 0  # not "all GPUs"
