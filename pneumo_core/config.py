@@ -80,6 +80,7 @@ class RunConfig(CheckedModel):
     device: str = Field("auto", pattern=DEVICE_PATTERN)  # "auto" = CUDA when present, else CPU
     amp: bool = True  # CUDA only (CPU bf16 measured in the README, not the default)
     channels_last: bool = True  # CUDA only (no gain measured on CPU)
+    torch_compile: bool = False  # CUDA only: backbone and head through torch.compile
     num_workers: int = Field(2, ge=0, le=256)
     max_parallel_folds: int = Field(1, ge=1, le=256)
     val_every: int = Field(1, ge=1)

@@ -114,6 +114,7 @@ def build_model(
         c, n_anchors, NUM_CLASSES, config.focal_alpha, config.focal_gamma, norm
     )
     head.regression_head._loss_type = config.box_loss
+    head.register_forward_hook(_float32_outputs)
     detector = GatedRetinaNet if config.image_head_weight > 0 else RetinaNet
     extra = {"image_head_weight": config.image_head_weight} if config.image_head_weight else {}
     model = detector(
@@ -287,6 +288,13 @@ def detect_batch(
         Detected(boxes, scores, float(np.mean(probs)) if probs else None)
         for (boxes, scores), probs in zip(fused, opacities, strict=True)
     ]
+
+
+def _float32_outputs(module: nn.Module, inputs: object, output: dict[str, Tensor]) -> dict:
+    """The head's logits and box deltas in float32 whatever autocast computed them in:
+    torchvision decodes boxes in the deltas' dtype, and bfloat16 boxes at 512 px are 2 px
+    coarse, which the GIoU loss and the validation IoUs would feel."""
+    return {k: v.float() for k, v in output.items()}
 
 
 def _anchor_generator() -> AnchorGenerator:

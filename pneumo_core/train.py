@@ -53,6 +53,7 @@ from pneumo_core.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[dict[str, Any]], None]
+CUDNN_BENCHMARK = True  # see _tune_for_cuda; bench/gpu_check.py turns it off for a comparison
 # opacity: the image head's P(Lung Opacity), repeated on each row of the image; empty without
 OOF_COLUMNS = ["patientId", "fold", "score", "x", "y", "width", "height", "opacity"]
 
@@ -116,8 +117,8 @@ class _FoldTrainer:
         else:  # fails here, before any training, when pretrained weights are missing
             model, info = build_model(config, weights.resolve(config, self.store))
         model.to(self.device)
-        if self.cuda and config.channels_last:
-            model.to(memory_format=torch.channels_last)
+        if self.cuda:
+            _tune_for_cuda(model, config)
         train_loader, val_loader = self._loader("train"), self._loader("val")
         optimizer = _optimizer(model, config)
         amp_dtype = _amp_dtype(config, self.device)
@@ -208,11 +209,16 @@ class _FoldTrainer:
         model, optimizer, scaler = state.model, state.optimizer, state.scaler
         model.train()
         sums = {"train_cls_loss": 0.0, "train_box_loss": 0.0}
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         n_images, started = 0, time.monotonic()
+        waits: list[float] = []  # seconds blocked on the loader before each step
         with progress_reporter(
             f"fold {self.fold} epoch {epoch + 1}/{self.config.epochs}", len(loader)
         ) as advance:
+            asked = time.monotonic()
             for images, targets, _ in loader:
+                waits.append(time.monotonic() - asked)
                 images, targets = self._to_device(images, targets)
                 with self._autocast(amp_dtype):
                     losses = model(images, targets)
@@ -233,14 +239,17 @@ class _FoldTrainer:
                 sums["train_box_loss"] += losses["bbox_regression"].item() * len(images)
                 n_images += len(images)
                 advance(1)
+                asked = time.monotonic()  # the step ended on .item(): the device is idle
         seconds = time.monotonic() - started
         out = {k: v / max(1, n_images) for k, v in sums.items()}
-        return out | {"train_images_per_s": n_images / max(seconds, 1e-9), "train_seconds": seconds}
+        out |= {"train_images_per_s": n_images / max(seconds, 1e-9), "train_seconds": seconds}
+        return out | _loader_figures(waits, seconds) | self._memory_figures()
 
     @torch.no_grad()
     def _validate(self, model: RetinaNet, loader) -> dict[str, Any]:
         """Full precision: reduced-precision box regression costs whole pixels of IoU."""
         model.eval()
+        started = time.monotonic()
         sums = {"val_cls_loss": 0.0, "val_box_loss": 0.0}
         gt: dict[str, np.ndarray] = {}
         preds: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -257,7 +266,8 @@ class _FoldTrainer:
                 )
         out: dict[str, Any] = {k: v / len(self.val_ids) for k, v in sums.items()}
         val_map, threshold = validation_map(metric.ScoreTable.from_dicts(gt, preds))
-        return out | {"val_map": val_map, "val_threshold": threshold}
+        seconds = time.monotonic() - started
+        return out | {"val_map": val_map, "val_threshold": threshold, "val_seconds": seconds}
 
     @torch.no_grad()
     def _oof_predictions(self, model: RetinaNet, loader) -> pd.DataFrame:
@@ -283,6 +293,12 @@ class _FoldTrainer:
         images = [img.to(self.device, non_blocking=True) for img in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         return images, targets
+
+    def _memory_figures(self) -> dict[str, float]:
+        """The epoch's peak GPU memory: what a smaller card or a larger batch must fit."""
+        if not self.cuda:
+            return {}
+        return {"gpu_peak_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30}
 
     def _autocast(self, amp_dtype: torch.dtype | None):
         return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
@@ -392,6 +408,34 @@ def save_checkpoint(store: ObjectStore, key: str, state: dict[str, Any]) -> None
 def load_checkpoint(store: ObjectStore, key: str) -> dict[str, Any]:
     # weights_only: a checkpoint is data, never code, even if the store was tampered with.
     return torch.load(store.local_path(key), map_location="cpu", weights_only=True)
+
+
+def _tune_for_cuda(model: RetinaNet, config: RunConfig) -> None:
+    """The CUDA execution settings (bench/gpu_check.py measured each; README, "GPU hosts").
+    Every image has the cache's size, so cuDNN's algorithm search pays off after one step;
+    compiling covers the backbone and head, whose shapes are fixed, and leaves the loss
+    and box decoding (data-dependent shapes) to eager mode."""
+    torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.torch_compile:
+        # In place: the state_dict keys stay those of the plain modules, so checkpoints load
+        # anywhere. dynamic=False: the odd last batch costs one more static graph.
+        model.backbone.compile(dynamic=False)
+        model.head.compile(dynamic=False)
+
+
+def _loader_figures(waits: list[float], seconds: float) -> dict[str, float]:
+    """How long the steps waited for data: the first batch (the workers starting, once an
+    epoch) apart from the steady state, where a GPU idle > 10 % of the time means the loader
+    needs more workers."""
+    if not waits:
+        return {}
+    steady = seconds - waits[0]
+    return {
+        "train_first_batch_s": waits[0],
+        "train_data_wait_fraction": sum(waits[1:]) / steady if steady > 0 else 0.0,
+    }
 
 
 def _optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:

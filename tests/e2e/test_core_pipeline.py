@@ -81,8 +81,11 @@ def test_folds_train_and_write_their_outputs(trained):
         ]
         assert [m["epoch"] for m in metrics] == list(range(10))
         for key in ("train_cls_loss", "train_box_loss", "val_cls_loss", "val_box_loss", "val_map",
-                    "lr", "train_images_per_s"):  # fmt: skip
+                    "lr", "train_images_per_s", "train_data_wait_fraction", "train_first_batch_s",
+                    "val_seconds"):  # fmt: skip
             assert all(key in m for m in metrics), key
+        assert all(0 <= m["train_data_wait_fraction"] < 1 for m in metrics)
+        assert not any("gpu_peak_memory_gib" in m for m in metrics)  # CPU: no GPU figure
         assert metrics[-1]["train_cls_loss"] < metrics[0]["train_cls_loss"]
     oof = pd.concat(
         pd.read_csv(store.local_path(f"runs/{run}/fold-{f}/oof_predictions.csv")) for f in (0, 1)

@@ -77,6 +77,21 @@ def test_one_channel_model_trains_and_detects(empty_hub):
     assert len(out) == 2 and out[0]["boxes"].shape[-1] == 4
 
 
+def test_head_outputs_are_float32_under_bf16_autocast(empty_hub):
+    """Boxes are decoded in the deltas' dtype: bfloat16 boxes at 512 px are 2 px coarse, so
+    the losses and detections must see float32 however the convolutions ran."""
+    model, _ = build_model(_cfg())
+    images, targets = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = list(model.backbone(torch.stack(images)).values())
+        outputs = model.head(features)
+        model.train()
+        losses = model(images, targets)
+    assert features[0].dtype == torch.bfloat16  # the autocast did run the convolutions
+    assert {v.dtype for v in outputs.values()} == {torch.float32}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
 @pytest.mark.parametrize("backbone", ["resnet34", "resnet50"])
 def test_other_backbones_build(backbone, empty_hub):
     model, _ = build_model(_cfg(backbone=backbone))
