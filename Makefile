@@ -55,9 +55,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_train
 	$(BIN)/python -m bench.table --write README.md
 
-# The Docker tests: a private dockerd, the Debian base image, a local registry, `prefect deploy`
-# and fold containers (about 30 minutes here). Installs the engine when missing (Debian, root);
-# under CI=true a skip fails.
+# The Docker tests alone (`make test` runs them last): a private dockerd, the Debian base image,
+# a local registry, `prefect deploy` and fold containers. Installs the engine when missing
+# (Debian, root) and builds the worker image into the kept layer cache first (the first time
+# about 11 minutes here, then seconds); under CI=true a skip fails.
 test-docker: $(STAMP)
-	tests/docker/prerequisites.sh
+	tests/docker/prerequisites.sh warm
 	$(BIN)/python -m pytest -m docker tests/docker

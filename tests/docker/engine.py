@@ -310,6 +310,11 @@ def warm() -> None:
             timeout=3600,
         )
         engine.docker("push", image, timeout=3600)
+        # the registry's port changes per session: older warm tags would keep old layers
+        tags = engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+        stale = [tag for tag in tags.split() if tag.endswith(f"/{WORKER_REPOSITORY}:warm")]
+        for tag in (tag for tag in stale if tag != image):
+            engine.docker("rmi", tag)
     finally:
         stop_registry(registry)
         stop_engine(engine)
