@@ -1,15 +1,16 @@
 """The GPU check: the `default` recipe on a real accelerator, in one script of under five
-minutes, whose figures the README's "GPU hosts" section quotes.
+minutes, whose figures the README's "Measured on a GPU" section quotes.
 
 1. generates a Kaggle-shaped data set at the real size (1024² JPEG DICOMs) and prepares
    it at 512² as the pipeline does;
 2. precision: one batch's loss and gradients in float32 with TF32 off (the reference), and
-   in the default float32 (TF32 convolutions), bf16 autocast and bf16 + channels-last;
+   in the default float32 (TF32 convolutions), bf16 autocast and bf16 + channels-last; the
+   anatomy of a step on a batch already on the GPU (kernel time over wall time);
 3. trains fold 0 of the `default` recipe (ResNet-50-FPN, random weights) with the real
-   training loop (`train.train_fold`) for a fixed number of steps in each setting: fp32,
-   bf16, bf16 + channels-last (also without cuDNN's algorithm search), then the best with
-   torch.compile (its compile time apart): images/s, peak GPU memory and the share of step
-   time spent waiting for data, with the loader's workers set for the host's cores;
+   training loop (`train.train_fold`) for a fixed number of steps in each row of ROWS (the
+   CUDA default, then one change each), then the fastest with torch.compile (its compile
+   time apart): images/s, peak GPU memory and the share of step time spent waiting for
+   data, with the loader's workers set for the host's cores;
 4. kills a fold's training process after its first checkpoint and resumes it, checking that
    it continues from the checkpoint and that the weights after the next epoch differ from an
    uninterrupted run no more than two uninterrupted runs differ from each other;
@@ -18,7 +19,9 @@ minutes, whose figures the README's "GPU hosts" section quotes.
 6. one JSON line per figure (bench.record's format) in --out, and a summary table.
 
     python -m bench.gpu_check --out "$OUT"                       # on the GPU host
-    python -m bench.gpu_check --device cpu --images 64 --epochs 2 --out /tmp/g   # a smoke test
+    python -m bench.gpu_check --device cpu --images 48 --epochs 2 --size 64 \
+        --backbone resnet18 --workers 0 --out /tmp/g                # a smoke test on a CPU
+    --skip PART,... and --rows "ROW;ROW" run a part of it (a rerun within the GPU budget)
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -56,12 +59,21 @@ from pneumo_core.storage import ObjectStore, open_store
 
 # Kaggle's stage 2: 26,684 training images (3/4 train a fold, 1/4 validate it), 3,000 test.
 REAL_TRAIN, REAL_TEST = 26_684, 3_000
-SETTINGS: dict[str, dict[str, Any]] = {
-    "fp32": {"amp": False, "channels_last": False},
-    "bf16": {"amp": True, "channels_last": False},
-    "bf16+channels-last": {"amp": True, "channels_last": True},
+FP32 = {"amp": False, "channels_last": False}
+BF16 = {"amp": True, "channels_last": False}
+BF16_CL = {"amp": True, "channels_last": True}
+# name: (configuration overrides, pneumo_core.train module settings); the first is the
+# default recipe's CUDA setting, each other row changes one thing against it
+ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "fp32": (FP32, {}),
+    "fp32, host reads losses every step": (FP32, {"SYNC_EVERY": 1}),
+    "fp32, cuDNN search": (FP32, {"CUDNN_BENCHMARK": True}),
+    "fp32, 2 loader workers": (FP32 | {"num_workers": 2}, {}),
+    "bf16": (BF16, {}),
+    "bf16+channels-last": (BF16_CL, {}),
+    "fp32, batch 16": (FP32 | {"batch_size": 16}, {}),
 }
-BEST_EAGER = "bf16+channels-last"  # what the resume, no-search and compile rows build on
+RESUME_ROW = "fp32"  # the setting the resume check trains with
 INFERENCE_BATCHES = (1, 4, 8, 16, 32)
 
 figures: list[dict[str, Any]] = []
@@ -83,6 +95,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="smaller for a CPU smoke test")
     parser.add_argument("--backbone", default="resnet50", help="smaller for a CPU smoke test")
     parser.add_argument("--skip", default="", help="comma-separated parts not to run")
+    parser.add_argument("--rows", default=";".join(ROWS), help="training rows, ;-separated")
     parser.add_argument("--train-fold", nargs=2, metavar=("STORE", "RUN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -108,13 +121,15 @@ def main() -> None:
         backbone=args.backbone,
     )
     section("precision", lambda: precision(store, base, torch.device(args.device)))
-    rows = section("training", lambda: training_rows(store, base, args.epochs)) or {}
+    section("anatomy", lambda: step_anatomy(store, base, torch.device(args.device)))
+    names = [n.strip() for n in args.rows.split(";") if n.strip()]
+    rows = section("training", lambda: training_rows(store, base, args.epochs, names)) or {}
     resumed = section("resume", lambda: resume_check(root, store, base))
     if resumed:
         section("inference", lambda: inference(store, base, resumed, torch.device(args.device)))
         section("extrapolation", lambda: extrapolate(rows, resumed))
     left = args.budget_s - (time.monotonic() - started)
-    if args.device.startswith("cuda") and left > 100:
+    if args.device.startswith("cuda") and rows and left > 100:
         section("compile", lambda: compile_row(store, base, args.epochs, rows))
     else:
         print(f"compile skipped: {left:.0f} s of the budget left", flush=True)
@@ -207,6 +222,56 @@ def precision(store: ObjectStore, base: RunConfig, device: torch.device) -> None
         torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
 
 
+def step_anatomy(store: ObjectStore, base: RunConfig, device: torch.device) -> None:
+    """Where a training step's time goes, on a batch already on the device: the kernels'
+    own time (profiler) over the wall time of ten steps. Far below 1, the GPU waits for the
+    host (Python and launch overhead), and only fewer, larger steps or compiled ones help."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = PreparedCache(store, DEFAULT_DATASET, base.image_size)
+    dataset = DetectionDataset(cache, cache.patient_ids("train")[: base.batch_size])
+    images, targets, _ = collate([dataset[i] for i in range(len(dataset))])
+    images = [i.to(device) for i in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    for name, amp in (("fp32", False), ("bf16", True)):
+        torch.manual_seed(0)
+        model, _ = build_model(base)
+        model.to(device).train()
+        optimizer = train._optimizer(model, base)
+
+        for repeat in (3, 10):  # warm-up, then the unprofiled wall time
+            began = time.monotonic()
+            for _ in range(repeat):
+                training_step(model, optimizer, images, targets, amp, device)
+            _sync(device)
+        wall = (time.monotonic() - began) / 10
+        cuda = [ProfilerActivity.CUDA] if device.type == "cuda" else []
+        with profile(activities=[ProfilerActivity.CPU, *cuda]) as prof:
+            for _ in range(10):
+                training_step(model, optimizer, images, targets, amp, device)
+            _sync(device)
+        kernels = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 / 10
+        emit(
+            f"step anatomy {name}, batch {base.batch_size}",
+            kernels / wall,
+            "busy",
+            step_ms=round(wall * 1000, 1),
+            kernel_ms=round(kernels * 1000, 1),
+            note="GPU kernel time over wall time per step (profiled), batch on the device",
+        )
+
+
+def training_step(model, optimizer, images, targets, amp: bool, device: torch.device) -> None:
+    """One optimiser step as train.py takes it, without the loader and the loss reads."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    with autocast:
+        loss = sum(model(images, targets).values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    optimizer.step()
+
+
 def train_setting(store: ObjectStore, config: RunConfig, name: str) -> dict[str, Any]:
     """Fold 0 trained by the real loop; figures from its metrics.jsonl (epoch 0 warms up)."""
     run_id = create_run(store, config, f"gpu-check-{slug(name)}")
@@ -254,45 +319,62 @@ def train_setting(store: ObjectStore, config: RunConfig, name: str) -> dict[str,
     return out
 
 
-def training_rows(store: ObjectStore, base: RunConfig, epochs: int) -> dict[str, dict]:
+def training_rows(
+    store: ObjectStore, base: RunConfig, epochs: int, names: list[str]
+) -> dict[str, dict]:
     rows = {}
-    for name, setting in SETTINGS.items():
-        config = base.with_overrides({"epochs": epochs, "val_every": epochs, **setting})
-        rows[name] = train_setting(store, config, name)
-    config = base.with_overrides({"epochs": epochs, "val_every": epochs, "num_workers": 2})
-    config = config.with_overrides(SETTINGS[BEST_EAGER])
-    rows["2 workers"] = train_setting(store, config, f"{BEST_EAGER}, 2 loader workers")
-    train.CUDNN_BENCHMARK = False
-    try:
-        config = base.with_overrides(
-            {"epochs": epochs, "val_every": epochs, **SETTINGS[BEST_EAGER]}
-        )
-        rows["no cuDNN search"] = train_setting(store, config, f"{BEST_EAGER}, no cuDNN search")
-    finally:
-        train.CUDNN_BENCHMARK = True
+    for name in names:
+        overrides, module = ROWS[name]
+        config = base.with_overrides({"epochs": epochs, "val_every": epochs} | overrides)
+        with module_settings(module):
+            rows[name] = train_setting(store, config, name)
     return rows
 
 
+@contextmanager
+def module_settings(settings: dict[str, Any]) -> Iterator[None]:
+    """pneumo_core.train's execution constants set for one row, restored after it."""
+    saved = {k: getattr(train, k) for k in settings}
+    for key, value in settings.items():
+        setattr(train, key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(train, key, value)
+
+
+def best_execution_row(rows: dict[str, dict]) -> str:
+    """The fastest row that keeps the recipe (batch size and workers as configured)."""
+    same_recipe = [n for n in rows if "batch" not in n and "workers" not in n]
+    return max(same_recipe, key=lambda n: rows[n]["images_per_s"])
+
+
 def compile_row(store: ObjectStore, base: RunConfig, epochs: int, rows: dict) -> None:
-    overrides = {"epochs": epochs, "val_every": epochs, "torch_compile": True}
-    config = base.with_overrides(overrides | SETTINGS[BEST_EAGER])
-    row = train_setting(store, config, f"{BEST_EAGER} + torch.compile")
-    if BEST_EAGER in rows:
-        eager = rows[BEST_EAGER]
-        emit(
-            "torch.compile speed-up",
-            row["images_per_s"] / eager["images_per_s"],
-            "x",
-            compile_s=round(row["warmup_s"] - eager["warmup_s"], 1),
-            note="steady images/s against eager; compile_s: extra time of its first epoch",
-        )
+    """torch.compile on top of the fastest eager setting measured in this run."""
+    best = best_execution_row(rows)
+    overrides, module = ROWS[best]
+    config = base.with_overrides(
+        {"epochs": epochs, "val_every": epochs, "torch_compile": True} | overrides
+    )
+    name = f"{best} + torch.compile"
+    with module_settings(module):
+        row = train_setting(store, config, name)
+    eager = rows[best]
+    emit(
+        "torch.compile speed-up",
+        row["images_per_s"] / eager["images_per_s"],
+        "x",
+        compile_s=round(row["warmup_s"] - eager["warmup_s"], 1),
+        note=f"steady images/s against {best}; compile_s: extra time of its first epoch",
+    )
 
 
 def resume_check(root: Path, store: ObjectStore, base: RunConfig) -> dict[str, Any]:
     """Runs A and B uninterrupted and C killed after its first checkpoint, each in its own
     process (as fold jobs run), then C resumed in a fourth; all of the same seed."""
     config = base.with_overrides({"epochs": 2, "val_every": 1, "num_workers": 4})
-    config = config.with_overrides(SETTINGS[BEST_EAGER])
+    config = config.with_overrides(ROWS[RESUME_ROW][0])
     runs = {name: create_run(store, config, f"gpu-check-resume-{name}") for name in "ABC"}
     logs = {name: root / f"train-{name}.log" for name in ("A", "B", "C", "C-resumed")}
 
@@ -408,7 +490,8 @@ def extrapolate(rows: dict[str, dict], resumed: dict) -> None:
     per fold 16 epochs over 3/4 of the images, validation of the other quarter each epoch,
     then the test images through the four-fold ensemble."""
     config: RunConfig = preset("default")
-    train_rate = rows[BEST_EAGER]["images_per_s"]
+    best = best_execution_row(rows)
+    train_rate = rows[best]["images_per_s"]
     epoch1 = resumed["epoch1"]
     val_rate = resumed["n_val"] / epoch1["val_seconds"]
     per_fold = config.epochs * (REAL_TRAIN * 3 / 4 / train_rate + REAL_TRAIN / 4 / val_rate)
@@ -424,7 +507,7 @@ def extrapolate(rows: dict[str, dict], resumed: dict) -> None:
         val_images_per_s=round(val_rate, 1),
         predict_s=round(predict_s),
         note=f"{config.epochs} epochs x 20,013 train + 6,671 val images per fold, "
-        f"{REAL_TEST} test images; measured rates above ({BEST_EAGER})",
+        f"{REAL_TEST} test images; measured rates above ({best})",
     )
 
 

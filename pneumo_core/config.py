@@ -78,8 +78,11 @@ class RunConfig(CheckedModel):
     grad_clip: Annotated[float | None, NoneFromText] = Field(10.0, gt=0)
     # execution
     device: str = Field("auto", pattern=DEVICE_PATTERN)  # "auto" = CUDA when present, else CPU
-    amp: bool = True  # CUDA only (CPU bf16 measured in the README, not the default)
-    channels_last: bool = True  # CUDA only (no gain measured on CPU)
+    # CUDA execution (README "GPU hosts", bench/gpu_check.py): on an H100 at batch 6 float32
+    # (TF32 convolutions) trained faster than bf16 autocast, whose casts leave the step waiting
+    # on the host; channels-last gained nothing. torch.compile is not measured yet.
+    amp: bool = False  # bf16 autocast (fp16 with a scaler where bf16 is missing); CUDA only
+    channels_last: bool = False  # CUDA only
     torch_compile: bool = False  # CUDA only: backbone and head through torch.compile
     num_workers: int = Field(2, ge=0, le=256)
     max_parallel_folds: int = Field(1, ge=1, le=256)

@@ -53,7 +53,13 @@ from pneumo_core.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[dict[str, Any]], None]
-CUDNN_BENCHMARK = True  # see _tune_for_cuda; bench/gpu_check.py turns it off for a comparison
+# cuDNN's algorithm search: no gain measured on an H100 (62 vs 57 images/s without it), so
+# PyTorch's default stays; bench/gpu_check.py turns it on for the comparison.
+CUDNN_BENCHMARK = False
+# Steps between the host's reads of the losses: each read waits for the device, and a GPU
+# step of this detector is short enough for that wait to matter (H100: +7 % images/s at
+# float32, +12 % at bf16 with 20 instead of 1; bench/gpu_check.py).
+SYNC_EVERY = 20
 # opacity: the image head's P(Lung Opacity), repeated on each row of the image; empty without
 OOF_COLUMNS = ["patientId", "fold", "score", "x", "y", "width", "height", "opacity"]
 
@@ -208,7 +214,7 @@ class _FoldTrainer:
     def _train_epoch(self, state: _State, loader, amp_dtype, epoch: int) -> dict[str, float]:
         model, optimizer, scaler = state.model, state.optimizer, state.scaler
         model.train()
-        sums = {"train_cls_loss": 0.0, "train_box_loss": 0.0}
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # classification, box
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         n_images, started = 0, time.monotonic()
@@ -217,16 +223,12 @@ class _FoldTrainer:
             f"fold {self.fold} epoch {epoch + 1}/{self.config.epochs}", len(loader)
         ) as advance:
             asked = time.monotonic()
-            for images, targets, _ in loader:
+            for step, (images, targets, _) in enumerate(loader, 1):
                 waits.append(time.monotonic() - asked)
                 images, targets = self._to_device(images, targets)
                 with self._autocast(amp_dtype):
                     losses = model(images, targets)
                 loss = sum(losses.values())  # + the image head's, weighted, when it has one
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"fold {self.fold} epoch {epoch}: loss is {loss.item()}"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if self.config.grad_clip:
@@ -235,13 +237,21 @@ class _FoldTrainer:
                 scaler.step(optimizer)
                 scaler.update()
                 state.schedule.after_step()
-                sums["train_cls_loss"] += losses["classification"].item() * len(images)
-                sums["train_box_loss"] += losses["bbox_regression"].item() * len(images)
+                parts = (losses["classification"], losses["bbox_regression"])
+                sums += torch.stack([p.detach() for p in parts]) * len(images)
                 n_images += len(images)
+                if step % SYNC_EVERY == 0:
+                    self._check_finite(sums, epoch, step)
                 advance(1)
-                asked = time.monotonic()  # the step ended on .item(): the device is idle
+                # Right after a sync the device is idle, so the next wait is the GPU's too;
+                # between syncs the host runs ahead and a wait is an upper bound on it.
+                asked = time.monotonic()
         seconds = time.monotonic() - started
-        out = {k: v / max(1, n_images) for k, v in sums.items()}
+        cls_sum, box_sum = self._check_finite(sums, epoch, len(loader))
+        out = {
+            "train_cls_loss": cls_sum / max(1, n_images),
+            "train_box_loss": box_sum / max(1, n_images),
+        }
         out |= {"train_images_per_s": n_images / max(seconds, 1e-9), "train_seconds": seconds}
         return out | _loader_figures(waits, seconds) | self._memory_figures()
 
@@ -293,6 +303,16 @@ class _FoldTrainer:
         images = [img.to(self.device, non_blocking=True) for img in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         return images, targets
+
+    def _check_finite(self, sums: Tensor, epoch: int, step: int) -> tuple[float, float]:
+        """The loss sums so far, read by the host (a sync); a NaN or inf stops the fold before
+        the epoch's checkpoint is written, so no checkpoint ever holds diverged weights."""
+        cls_sum, box_sum = sums.tolist()
+        if not (math.isfinite(cls_sum) and math.isfinite(box_sum)):
+            raise FloatingPointError(
+                f"fold {self.fold} epoch {epoch}: the training loss is not finite by step {step}"
+            )
+        return cls_sum, box_sum
 
     def _memory_figures(self) -> dict[str, float]:
         """The epoch's peak GPU memory: what a smaller card or a larger batch must fit."""
@@ -412,8 +432,7 @@ def load_checkpoint(store: ObjectStore, key: str) -> dict[str, Any]:
 
 def _tune_for_cuda(model: RetinaNet, config: RunConfig) -> None:
     """The CUDA execution settings (bench/gpu_check.py measured each; README, "GPU hosts").
-    Every image has the cache's size, so cuDNN's algorithm search pays off after one step;
-    compiling covers the backbone and head, whose shapes are fixed, and leaves the loss
+    Compiling covers the backbone and head, whose shapes are fixed, and leaves the loss
     and box decoding (data-dependent shapes) to eager mode."""
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
     if config.channels_last:
