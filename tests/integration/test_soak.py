@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,19 @@ def _usage(pids: list[int]) -> tuple[int, int]:
         except (OSError, StopIteration):
             continue
     return rss, fds
+
+
+def _open_files(pids: list[int]) -> list[str]:
+    """What the processes' descriptors point at (sockets as 'socket', files by path)."""
+    targets = []
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with_target = os.readlink(fd)
+                targets.append("socket" if with_target.startswith("socket:") else with_target)
+        except OSError:
+            continue
+    return targets
 
 
 def _orphans(storage: str, run_ids: list[str]) -> list[str]:
@@ -73,7 +87,7 @@ def test_back_to_back_runs(
     servers += [d for pid in list(servers) for d in descendants(pid)]
     port = seaweedfs.endpoint.rsplit(":", 1)[1]
     weed = [int(p.name) for p in Path("/proc").glob("[0-9]*") if _is_weed(p, port)]
-    run_ids, figures = [], []
+    run_ids, figures, weed_files = [], [], []
     for n in range(RUNS):
         started = time.monotonic()
         done = subprocess.run(
@@ -84,6 +98,7 @@ def test_back_to_back_runs(
         assert done.returncode == 0, done.stderr[-3000:]
         run_ids.append(done.stdout.split("run ", 1)[1].split(":", 1)[0])
         figures.append((n, time.monotonic() - started, *_usage(servers), *_usage(weed)))
+        weed_files.append(_open_files(weed))
     with (
         temporary_settings({PREFECT_API_URL: prefect_server.api_url}),
         get_client(sync_client=True) as client,
@@ -97,6 +112,8 @@ def test_back_to_back_runs(
     print("\nrun  seconds  prefect RSS KiB  prefect fds  seaweedfs RSS KiB  seaweedfs fds")
     for row in figures:
         print("{:>3}  {:>7.1f}  {:>15}  {:>11}  {:>17}  {:>13}".format(*row))
+    first, last = Counter(weed_files[0]), Counter(weed_files[-1])
+    print("seaweedfs descriptors new since run 0:", dict((last - first).most_common(20)))
     (_, _, rss_1, fds_1, wrss_1, wfds_1), (*_, rss_n, fds_n, wrss_n, wfds_n) = (
         figures[0],
         figures[-1],
