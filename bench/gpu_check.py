@@ -171,16 +171,27 @@ def make_data(root: Path, n_train: int, size: int) -> ObjectStore:
     return store
 
 
-def precision(store: ObjectStore, base: RunConfig, device: torch.device) -> None:
-    """Relative loss and gradient error of each setting against float32 with TF32 off."""
+def _fixed_batch(store: ObjectStore, base: RunConfig, device: torch.device) -> tuple[list, list]:
+    """The first training batch, unaugmented, already on the device."""
     cache = PreparedCache(store, DEFAULT_DATASET, base.image_size)
     dataset = DetectionDataset(cache, cache.patient_ids("train")[: base.batch_size])
     images, targets, _ = collate([dataset[i] for i in range(len(dataset))])
     images = [i.to(device) for i in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def _random_model(base: RunConfig, device: torch.device) -> torch.nn.Module:
+    """The recipe's detector from seed 0's random weights, in training mode on the device."""
     torch.manual_seed(0)
     model, _ = build_model(base)
-    model.to(device).train()
+    return model.to(device).train()
+
+
+def precision(store: ObjectStore, base: RunConfig, device: torch.device) -> None:
+    """Relative loss and gradient error of each setting against float32 with TF32 off."""
+    images, targets = _fixed_batch(store, base, device)
+    model = _random_model(base, device)
 
     def loss_and_grad(amp: bool, channels_last: bool, tf32: bool) -> tuple[float, list]:
         torch.backends.cudnn.allow_tf32 = tf32
@@ -228,15 +239,9 @@ def step_anatomy(store: ObjectStore, base: RunConfig, device: torch.device) -> N
     host (Python and launch overhead), and only fewer, larger steps or compiled ones help."""
     from torch.profiler import ProfilerActivity, profile
 
-    cache = PreparedCache(store, DEFAULT_DATASET, base.image_size)
-    dataset = DetectionDataset(cache, cache.patient_ids("train")[: base.batch_size])
-    images, targets, _ = collate([dataset[i] for i in range(len(dataset))])
-    images = [i.to(device) for i in images]
-    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    images, targets = _fixed_batch(store, base, device)
     for name, amp in (("fp32", False), ("bf16", True)):
-        torch.manual_seed(0)
-        model, _ = build_model(base)
-        model.to(device).train()
+        model = _random_model(base, device)
         optimizer = train._optimizer(model, base)
 
         for repeat in (3, 10):  # warm-up, then the unprofiled wall time
@@ -424,7 +429,8 @@ def resume_check(root: Path, store: ObjectStore, base: RunConfig) -> dict[str, A
         epoch1={name: {k: m.get(k) for k in _COMPARED} for name, m in metrics.items()},
         note="‖θ_C − θ_A‖ / ‖θ_B − θ_A‖ after epoch 1; C was SIGKILLed after epoch 0's checkpoint",
     )
-    return {"config": config, "runs": runs, "epoch1": metrics["A"], "n_val": _n_val(store, runs)}
+    n_val = store.get_json(fold_key(runs["A"], 0, "done.json"))["n_val"]
+    return {"config": config, "runs": runs, "epoch1": metrics["A"], "n_val": n_val}
 
 
 _COMPARED = ("train_cls_loss", "train_box_loss", "val_cls_loss", "val_box_loss", "val_map")
@@ -440,18 +446,12 @@ def _epoch(store: ObjectStore, run_id: str, epoch: int) -> dict[str, Any]:
     return json.loads(lines[epoch])
 
 
-def _n_val(store: ObjectStore, runs: dict[str, str]) -> int:
-    return store.get_json(fold_key(runs["A"], 0, "done.json"))["n_val"]
-
-
 def inference(store: ObjectStore, base: RunConfig, resumed: dict, device: torch.device) -> None:
     """Four fold models (the resume runs' checkpoints), flip TTA, as predict runs them."""
     config: RunConfig = resumed["config"]
     runs = resumed["runs"]
-    models = [
-        m
-        for r in (runs["A"], runs["B"], runs["C"], runs["A"])
-        for m in _fold0(store, r, config, device)
+    models = [  # each run trained fold 0 only: one model per run
+        m for r in ("A", "B", "C", "A") for m in load_fold_models(store, runs[r], config, device)
     ]
     cache = PreparedCache(store, DEFAULT_DATASET, config.image_size)
     pixels = cache.images("train")[:64]
@@ -474,10 +474,6 @@ def inference(store: ObjectStore, base: RunConfig, resumed: dict, device: torch.
             if search and rate > best[0]:
                 best = (rate, batch)
     resumed["predict_images_per_s"], resumed["predict_batch"] = best
-
-
-def _fold0(store: ObjectStore, run_id: str, config: RunConfig, device: torch.device) -> list:
-    return load_fold_models(store, run_id, config, device)  # only fold 0 was trained
 
 
 def _sync(device: torch.device) -> None:
