@@ -14,7 +14,7 @@ COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.1
 	--generate-hashes --no-emit-package opencv-python \
 	--custom-compile-command "make lock" --quiet
 
-.PHONY: demo test test-docker lint install lock bench
+.PHONY: demo test test-docker lint install lock bench bench-scale
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_loader
 	$(BIN)/python -m bench.bench_train
 	$(BIN)/python -m bench.table --write README.md
+
+# Ingest, prepare and a training epoch's loader at competition scale (26,684 + 3,000 generated
+# real-sized DICOMs) against SeaweedFS, apart from `bench`: about 25 GB of disk under
+# SCALE_OUT (default the temp folder), all removed at the end. A quick check:
+# make bench-scale SCALE_ARGS="--n-train 300 --n-test 50"
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.bench_scale $(if $(SCALE_OUT),--out $(SCALE_OUT)) $(SCALE_ARGS)
 
 # The Docker tests alone (`make test` runs them last): a private dockerd, the Debian base image,
 # a local registry, `prefect deploy` and fold containers. Installs the engine when missing
