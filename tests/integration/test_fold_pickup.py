@@ -5,6 +5,10 @@ later), while a fold that has started may take longer than that bound."""
 from __future__ import annotations
 
 import contextvars
+import json
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -13,15 +17,16 @@ from typing import Any
 
 import pytest
 
-from flows.pipeline import pipeline
 from pneumo_core import synthetic
 from tasks.training import train_fold_on_worker
 from tasks.worker_runs import NotPickedUp
-from tests.integration.conftest import REPO, PrefectServer
+from tests.integration.conftest import REPO, PrefectServer, stop_tree
 
 IDLE_POOL = "pneumo-no-worker"
 DEPLOYMENT = "train-fold/no-worker"
 BOUND_S = 10.0  # long enough for the stand-in worker thread to mark the run Running
+PICKUP_S = 3.0  # the bound in the pipeline test
+DEADLINE_S = 300.0  # that test's own: its pipeline takes 17 s idle, 69 s on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +56,53 @@ def runs_of(deployment: str) -> list[Any]:
         )
 
 
+# The pipeline in a process of its own, so that the test ends at its own deadline whatever the
+# bound does (a fold task that waited for ever would also keep a thread of pytest's alive).
+PIPELINE = textwrap.dedent(
+    """
+    import json, sys
+    from flows.pipeline import pipeline
+    data, storage, deployment, pickup_s = sys.argv[1:5]
+    state = pipeline(
+        source=data, storage=storage, preset="ci", overrides={"image_size": 64, "epochs": 1},
+        folds=[0], fold_runner="deployment", fold_deployment=deployment,
+        fold_pickup_timeout_s=float(pickup_s), return_state=True,
+    )
+    print(json.dumps({"failed": state.is_failed(), "message": state.message}), flush=True)
+    """
+)
+
+
 def test_a_fold_no_worker_picks_up_fails_the_pipeline_naming_the_pool(
-    idle_deployment: str, tmp_path: Path
+    prefect_server: PrefectServer, idle_deployment: str, tmp_path: Path
 ) -> None:
     data = synthetic.generate(tmp_path / "data", n_train=12, n_test=2, image_size=64, seed=3)
     before = {r.id for r in runs_of(idle_deployment)}
-    state = pipeline(
-        source=str(data), storage=(tmp_path / "store").as_uri(), preset="ci",
-        overrides={"image_size": 64, "epochs": 1}, folds=[0], fold_runner="deployment",
-        fold_deployment=idle_deployment, fold_pickup_timeout_s=3, return_state=True,
+    process = subprocess.Popen(
+        [sys.executable, "-c", PIPELINE, str(data), (tmp_path / "store").as_uri(),
+         idle_deployment, str(PICKUP_S)],
+        cwd=REPO, env={**prefect_server.env, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert state.is_failed()
-    assert f"work pool {IDLE_POOL!r}" in state.message, state.message
+    try:
+        out, err = process.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        stop_tree(process)
+        out, err = process.communicate()
+        killed = True
+    else:
+        killed = False
+    if killed:
+        children = [r.state_type.value for r in runs_of(idle_deployment) if r.id not in before]
+        pytest.fail(
+            f"the pipeline had not ended {DEADLINE_S:g} s after it started, with a pickup "
+            f"timeout of {PICKUP_S:g} s; its fold runs: {children}; its last output:\n"
+            + "\n".join(err.splitlines()[-8:])
+        )
+    assert process.returncode == 0, err[-3000:]
+    state = json.loads(out.strip().splitlines()[-1])
+    assert state["failed"]
+    assert f"work pool {IDLE_POOL!r}" in state["message"], state["message"]
     children = [r for r in runs_of(idle_deployment) if r.id not in before]
     assert len(children) == 1  # not retried: another try would wait on the same pool
     assert children[0].state_type.value == "CANCELLED"
