@@ -159,9 +159,14 @@ def promote_if_better(
 
     The write is conditional on the version read (`put_bytes_if`): when two runs finish at
     once, the slower writer finds the champion changed and decides again against the new
-    one, so the better run wins whatever the order and each decision stays true."""
+    one, so the better run wins whatever the order and each decision stays true. A refused
+    write whose record is stored all the same was ours: its answer was lost and botocore's
+    retry refused, since the first attempt had changed the version."""
+    tried: tuple[bytes, Decision] | None = None  # the last refused write and its decision
     for _ in range(PROMOTE_TRIES):
         stored = store.read_versioned(CHAMPION_KEY)
+        if tried is not None and stored is not None and stored[0] == tried[0]:
+            return tried[1]
         current = None
         if stored is not None:
             try:
@@ -177,6 +182,7 @@ def promote_if_better(
         text = json.dumps(record, indent=2, sort_keys=True) + "\n"
         if store.put_bytes_if(CHAMPION_KEY, text.encode(), stored[1] if stored else None):
             return decision
+        tried = text.encode(), decision
     raise StorageError(
         f"{store.url(CHAMPION_KEY)} changed {PROMOTE_TRIES} times while run {new.run_id} "
         "was being promoted; promote it again"

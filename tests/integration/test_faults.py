@@ -1,7 +1,7 @@
 """Faults a scheduled pipeline meets, done for real: the object store going away in the middle
 of an ingest (a proxy in front of the real SeaweedFS that stops forwarding, as a network
-partition would), a Kaggle download cut off at the API boundary, and a prepared cache object
-truncated in the store."""
+partition would), the answer to a champion promotion lost on the way back, a Kaggle download
+cut off at the API boundary, and a prepared cache object truncated in the store."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import DEFAULT_DATASET, kaggle, prepare, synthetic
+from pneumo_core import DEFAULT_DATASET, champion, kaggle, prepare, synthetic
 from pneumo_core.errors import TransientStorageError
 from pneumo_core.storage import ObjectStore, S3Store
 from tests.seaweedfs import S3Server
@@ -27,7 +27,8 @@ PREFIX = prepare.prepared_prefix(DEFAULT_DATASET, 32)
 
 class OutageProxy:
     """A TCP proxy to the S3 server that can go down (live connections cut, new ones reset)
-    and come back."""
+    and come back, or lose the answer to one request (done by the server, the connection
+    then cut before the client hears back)."""
 
     def __init__(self, upstream: str) -> None:
         host, port = upstream.removeprefix("http://").split(":")
@@ -38,6 +39,7 @@ class OutageProxy:
         self.up.set()
         self.live: set[socket.socket] = set()
         self.lock = threading.Lock()
+        self.lose_answer_to: bytes | None = None  # the next request holding these bytes
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -53,12 +55,23 @@ class OutageProxy:
             remote = socket.create_connection(self.upstream)
             with self.lock:
                 self.live |= {client, remote}
+            lost = threading.Event()  # this connection's answer is to be lost
             for a, b in ((client, remote), (remote, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                args = (a, b, lost, a is client)
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, lost: threading.Event, request: bool
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if request:
+                    with self.lock:
+                        if self.lose_answer_to is not None and self.lose_answer_to in data:
+                            self.lose_answer_to = None
+                            lost.set()
+                elif lost.is_set() and not data.startswith(b"HTTP/1.1 100 "):
+                    break  # the answer (after any "100 Continue"): the client never hears it
                 sink.sendall(data)
         for sock in (source, sink):
             with contextlib.suppress(OSError):
@@ -173,6 +186,26 @@ def test_a_longer_outage_fails_clearly_and_a_rerun_uploads_only_what_is_missing(
     result = kaggle.ingest(str(source), store, progress=False)
     assert result.uploaded == 83 - len(intact) and result.skipped == len(intact)
     _check_against_manifest(direct)
+    direct.delete_prefix("")
+
+
+def test_a_promotion_whose_answer_was_lost_is_reported_as_promoted(
+    seaweedfs: S3Server, proxy: OutageProxy, tmp_path: Path
+) -> None:
+    """The champion's conditional PUT is stored but its answer lost: botocore sends it again,
+    the server refuses the retry (412: the first attempt changed the version it was
+    conditional on), and the run, now the champion, must still be reported promoted."""
+    prefix = f"tests/lost-answer-{time.time_ns()}"
+    store = _store(seaweedfs, proxy.endpoint, prefix, tmp_path)
+    direct = _store(seaweedfs, seaweedfs.endpoint, prefix, tmp_path)
+    champion.promote_if_better(direct, champion.candidate("old", 0.5, "h", "m", "l", "p"))
+    proxy.lose_answer_to = b"If-Match:"
+    decision = champion.promote_if_better(store, champion.candidate("new", 0.9, "h", "m", "l", "p"))
+    assert proxy.lose_answer_to is None, "no conditional PUT went through the proxy"
+    assert decision.promoted, decision.reason
+    assert decision.previous is not None and decision.previous.run_id == "old"
+    assert "beats champion old" in decision.reason
+    assert champion.read_champion(direct).run_id == "new"
     direct.delete_prefix("")
 
 
