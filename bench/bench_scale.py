@@ -6,9 +6,10 @@ takes a while). Steps, each figure recorded by `bench.record.emit`:
 1. A Kaggle-shaped archive folder of 26,684 train + 3,000 test real-sized DICOMs
    (`bench.scale_archive`, a few dozen painted JPEG payloads under new ids); its time.
 2. SeaweedFS (`weed mini`, started as the tests start it). Ingest a subset (--small images)
-   with one upload at a time (the baseline), then the whole archive with the bounded pool
-   (`kaggle.UPLOAD_WORKERS`), then the whole archive again unchanged: objects/s, MB/s, and
-   the HEAD and PUT requests each sent (counted on the store's boto3 client).
+   with one upload at a time (the baseline) and right after with the bounded pool
+   (`kaggle.UPLOAD_WORKERS`), then the whole archive, then the whole archive again
+   unchanged: objects/s, MB/s, and the HEAD and PUT requests each sent (counted on the
+   store's boto3 client).
 3. `prepare_dataset` at 512 px from the S3 store, each in a fresh process measured with its
    workers (`bench.tree_memory`): the subset on one worker and on all cores, then the whole
    set on all cores: images/s, images per CPU-second, peak anonymous memory (the figure that
@@ -20,9 +21,11 @@ takes a while). Steps, each figure recorded by `bench.record.emit`:
    CPU-second (the ratio), peak anonymous memory; the rate on a 16-core host is extrapolated.
 
 Everything is written under one new folder inside --out and removed at the end (--keep
-keeps it); the SeaweedFS server is stopped whatever happens.
+keeps it); the SeaweedFS server is stopped whatever happens. --measure records only some
+stages (the figures keep their names, so a smaller run must not overwrite full-size ones).
 
     .venv/bin/python -m bench.bench_scale [--n-train 26684] [--n-test 3000] [--out DIR]
+        [--small 3000] [--measure archive ingest prepare loader]
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ MB = 1e6
 GB = 1e9
 BUCKET = "pneumo-scale"
 GPU_HOST_CORES = 16
+STAGES = ("archive", "ingest", "prepare", "loader")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,13 @@ def main() -> None:
     parser.add_argument("--baseline-images", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument(
+        "--measure",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="stages to record (the others still run when later ones need them)",
+    )
     args = parser.parse_args()
     total = args.n_train + args.n_test
     small = args.small or (3000 if total >= 15000 else max(2, total // 5))
@@ -90,7 +101,7 @@ def main() -> None:
     tempfile.tempdir = None
     started = time.perf_counter()
     try:
-        archive = generate(work / "archive", args.n_train, args.n_test)
+        archive = generate(work / "archive", args.n_train, args.n_test, "archive" in args.measure)
         subset = link_subset(archive, work / "subset", small * args.n_train // total, small)
         (work / "seaweedfs").mkdir()
         process, server = seaweedfs.start(work / "seaweedfs", BUCKET, "scale", "scale-secret")
@@ -98,9 +109,15 @@ def main() -> None:
             store_args = StoreArgs(
                 BUCKET, server.endpoint, "scale", "scale-secret", str(work / "s3-cache")
             )
-            measure_ingest(store_args.open(), archive, subset)
-            measure_prepare(store_args)
-            measure_loader(store_args, archive, args.baseline_images)
+            if "ingest" in args.measure:
+                measure_ingest(store_args.open(), archive, subset)
+            else:
+                for source, dataset in ((subset, "small"), (archive, "full")):
+                    kaggle.ingest(str(source), store_args.open(), dataset, progress=False)
+            if "prepare" in args.measure:
+                measure_prepare(store_args)
+            if "loader" in args.measure:
+                measure_loader(store_args, archive, args.baseline_images)
         finally:
             seaweedfs.stop(process)
     finally:
@@ -118,10 +135,12 @@ def cores() -> int:
 # --- archive --------------------------------------------------------------------------------
 
 
-def generate(folder: Path, n_train: int, n_test: int) -> Path:
+def generate(folder: Path, n_train: int, n_test: int, record: bool) -> Path:
     started = time.perf_counter()
     write_archive(folder, n_train, n_test)
     seconds = time.perf_counter() - started
+    if not record:
+        return folder
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     emit(
         "scale: generate the Kaggle-shaped archive",
@@ -173,19 +192,28 @@ def measure_ingest(store: S3Store, archive: Path, subset: Path) -> None:
         return result, seconds, sent
 
     workers = kaggle.UPLOAD_WORKERS
-    one, one_s, one_sent = run(subset, "small", 1)
+    one, one_s, _ = run(subset, "small-one-at-a-time", 1)
+    pool, pool_s, _ = run(subset, "small", workers)  # right after: the same load, mostly
     first, first_s, first_sent = run(archive, "full", workers)
     again, again_s, again_sent = run(archive, "full", workers)
-    baseline = one.members / one_s
+    emit(
+        f"scale: ingest, {workers} uploads at a time against one, subset in turn",
+        pool.members / pool_s,
+        "objects/s",
+        baseline=one.members / one_s,
+        note=f"{pool.members:,} objects ({pool.bytes / GB:.2f} GB) into SeaweedFS on this "
+        f"machine, each way into an empty dataset, one right after the other; "
+        f"{pool.bytes / MB / pool_s:.1f} against {one.bytes / MB / one_s:.1f} MB/s. Reading "
+        "and hashing each member and the server share the same cores, so the pool gains "
+        "most where the store is far (each request a round trip)",
+        objects=pool.members,
+    )
     emit(
         "scale: ingest into SeaweedFS, first run",
         first.members / first_s,
         "objects/s",
-        baseline=baseline,
         note=f"{first.members:,} objects, {first.bytes / GB:.2f} GB in {first_s:.0f} s "
-        f"({first.bytes / MB / first_s:.1f} MB/s), {workers} uploads at a time; {first_sent}. "
-        f"Baseline: one upload at a time, on the {one.members:,}-object subset "
-        f"({one.bytes / MB / one_s:.1f} MB/s; {one_sent})",
+        f"({first.bytes / MB / first_s:.1f} MB/s), {workers} uploads at a time; {first_sent}",
         megabytes_per_s=round(first.bytes / MB / first_s, 2),
         objects=first.members,
     )
