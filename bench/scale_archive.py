@@ -38,8 +38,13 @@ def write_archive(
         raise InputError(f"{out} is not empty; choose an empty folder")
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="scale-templates-") as tmp:
-        source = synthetic.generate(
-            tmp, n_train=templates, n_test=0, image_size=1024, seed=seed, difficulty="hard"
+        source = synthetic.generate(  # a folder inside tmp: the hidden truth goes beside it
+            Path(tmp) / "templates",
+            n_train=templates,
+            n_test=0,
+            image_size=1024,
+            seed=seed,
+            difficulty="hard",
         )
         folder = source / synthetic.TRAIN_IMAGES
         ids = sorted(p.stem for p in folder.glob("*.dcm"))

@@ -4,6 +4,7 @@ tables in the competition's layout whose boxes still belong to each clone's pixe
 from __future__ import annotations
 
 import csv
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -72,3 +73,12 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     (tmp_path / "old.dcm").write_bytes(b"")
     with pytest.raises(InputError, match="not empty"):
         write_archive(tmp_path, 2, 0, templates=1)
+
+
+def test_leaves_nothing_in_the_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The templates' hidden truth file lands beside their folder: inside the temp folder."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    write_archive(tmp_path / "out", 1, 0, templates=1)
+    assert list(temp.iterdir()) == []
