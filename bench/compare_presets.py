@@ -60,6 +60,8 @@ RECIPES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "naive-easy": ("easy", "default", NAIVE),
     "seed-easy": ("easy", "seed", {}),
     "default-easy": ("easy", "default", {}),
+    # default + the image-level head whose P(opacity) gates box scores (tuned out of fold)
+    "gate": ("hard", "default", {"image_head_weight": 0.1}),
 }
 DEFAULT_RECIPES = ("seed", "default", "naive-hard", "naive-easy")
 

@@ -11,7 +11,9 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -336,9 +338,30 @@ def _run_pipeline(**parameters: object) -> dict:
     temporaries.sweep(store.root if isinstance(store, LocalStore) else store.cache_dir)
     # the ephemeral server's telemetry only adds "database is locked" noise on SQLite
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.pipeline import pipeline
+    with _temporary_server_starting():
+        from flows.pipeline import pipeline  # torch and the flows: seconds of imports
 
     return pipeline(**parameters)
+
+
+@contextmanager
+def _temporary_server_starting() -> Iterator[None]:
+    """Without PREFECT_API_URL, start Prefect's temporary server (the one its client would
+    start at the flow's first call) while the body runs, and wait until it answers: its
+    start-up (5-10 s, most of Prefect's overhead on the demo) then overlaps our imports."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    starting = threading.Thread(target=SubprocessASGIServer().start, daemon=True)
+    starting.start()
+    try:
+        yield
+    finally:
+        starting.join()  # the client's own start() returns at once while this one waits
 
 
 def _print_outputs(summary: dict) -> None:

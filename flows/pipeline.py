@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -27,7 +28,7 @@ from pneumo_core.config_form import RunOverrides
 from pneumo_core.errors import InputError, PneumoError
 from pneumo_core.run_ids import check_run_id
 from pneumo_core.storage import ObjectStore, open_store
-from pneumo_core.train import load_run_config, run_key
+from pneumo_core.train import cpu_shared_by, load_run_config, run_key
 from tasks.data import ingest, prepare_dataset, source_fingerprint
 from tasks.evaluation import evaluate_run, promote, write_report
 from tasks.gpu_jobs import deployment_gpu_jobs
@@ -247,8 +248,11 @@ def _gpu_count(run_config: config.RunConfig) -> int:
 
 
 def _train_here(storage: str, run_id: str, folds: list[int], parallel: int, gpus: int) -> None:
-    """Folds as subflow runs, at most `parallel` at once; the first failure fails the run."""
-    with ThreadPoolTaskRunner(max_workers=parallel) as runner:
+    """Folds as subflow runs, at most `parallel` at once; the first failure fails the run.
+    Without GPUs, folds at once share the cores (one intra-op thread each on two cores)."""
+    parallel = min(parallel, len(folds))
+    shared = cpu_shared_by(parallel) if parallel > 1 and not gpus else nullcontext()
+    with shared, ThreadPoolTaskRunner(max_workers=parallel) as runner:
         futures = [
             runner.submit(
                 train_fold_here, {"storage": storage, "run_id": run_id, "fold": f, "gpus": gpus}

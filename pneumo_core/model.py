@@ -128,6 +128,10 @@ def build_model(
         head=head,
         score_thresh=config.oof_score_floor,
         detections_per_img=config.detections_per_img,
+        # Cache images are already image_size square: no resize in training, and so no
+        # random choice of size drawn from torch's global RNG at every image (folds trained
+        # at once in one process must not draw from it; see train._GLOBAL_RNG).
+        _skip_resize=True,
         **extra,
     )
     if weights is None:

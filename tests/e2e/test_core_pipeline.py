@@ -80,10 +80,16 @@ def test_folds_train_and_write_their_outputs(trained):
             json.loads(line) for line in store.get_text(prefix + "metrics.jsonl").splitlines()
         ]
         assert [m["epoch"] for m in metrics] == list(range(10))
-        for key in ("train_cls_loss", "train_box_loss", "val_cls_loss", "val_box_loss", "val_map",
-                    "lr", "train_images_per_s", "train_data_wait_fraction", "train_first_batch_s",
-                    "val_seconds"):  # fmt: skip
+        for key in ("train_cls_loss", "train_box_loss", "lr", "train_images_per_s",
+                    "train_data_wait_fraction", "train_first_batch_s"):  # fmt: skip
             assert all(key in m for m in metrics), key
+        validated = [m["epoch"] for m in metrics if "val_map" in m]
+        assert validated == [4, 9]  # the ci preset validates every 5th epoch
+        for key in ("val_cls_loss", "val_box_loss", "val_seconds"):
+            assert all((key in m) == (m["epoch"] in validated) for m in metrics), key
+        done = store.get_json(prefix + "done.json")
+        assert done["validated_epochs"] == validated
+        assert done["oof_checkpoint_epoch"] in validated
         assert all(0 <= m["train_data_wait_fraction"] < 1 for m in metrics)
         assert not any("gpu_peak_memory_gib" in m for m in metrics)  # CPU: no GPU figure
         assert metrics[-1]["train_cls_loss"] < metrics[0]["train_cls_loss"]

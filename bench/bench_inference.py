@@ -1,0 +1,81 @@
+"""Test-set prediction on CPU: the fold ensemble with flip TTA by batch size, under
+`torch.no_grad` and `torch.inference_mode`.
+
+The `ci` recipe (the demo's) trains two folds for two epochs on generated data, so that the
+models find boxes and post-processing (WBF of 2 folds x 2 flips, threshold, shrink) costs what
+it does in a real run; then `predict.predict_test_set` predicts the test images at each batch
+size, in wall seconds with the machine's threads, best of --repeat turns:
+
+- ours: `predict.BATCH` images per forward, as predict runs them;
+- baseline: one image per forward (a seed-style loop over the test folder), same models.
+
+    .venv/bin/python -m bench.bench_inference [--repeat 2] [--n-test 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.demo_training import train_folds
+from bench.record import emit
+from bench.timing import best_of_turns
+from pneumo_core import kaggle, predict, prepare, synthetic, train
+from pneumo_core.config import preset
+from pneumo_core.storage import LocalStore, ObjectStore
+
+BATCHES = (1, 4, 8, 16, 32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--n-test", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        store = LocalStore(Path(tmp) / "store")
+        source = synthetic.generate(Path(tmp) / "data", 64, args.n_test, image_size=256, seed=1)
+        kaggle.ingest(str(source), store, progress=False)
+        config = preset("ci", epochs=2)
+        prepare.prepare_dataset(store, image_size=config.image_size, n_folds=2, workers=1)
+        run_id = train.create_run(store, config)
+        train_folds(store, run_id, config, share=False)
+        out = Path(tmp) / "submission.csv"
+        runs: dict[str, Callable[[], object]] = {
+            f"batch {b}, {mode}": _predict(store, run_id, out, b, mode == "inference_mode")
+            for b in BATCHES
+            for mode in ("no_grad", "inference_mode")
+        }
+        seconds = best_of_turns(runs, args.repeat, clock=time.perf_counter)
+    baseline = args.n_test / seconds["batch 1, no_grad"]
+    for name, value in seconds.items():
+        if name != "batch 1, no_grad":
+            emit(
+                f"predict {args.n_test} test images, ci recipe, 2 folds + flip TTA, {name}",
+                args.n_test / value,
+                "images/s",
+                baseline=baseline,
+                note="whole predict_test_set (cache read, 2 models x 2 flips, WBF, "
+                "post-processing, checked CSV), wall time; baseline: one image per forward, "
+                "no_grad",
+            )
+
+
+def _predict(
+    store: ObjectStore, run_id: str, out: Path, batch: int, inference_mode: bool
+) -> Callable[[], object]:
+    def run() -> object:
+        predict.BATCH = batch
+        with torch.inference_mode(inference_mode):
+            return predict.predict_test_set(store, run_id, out)
+
+    return run
+
+
+if __name__ == "__main__":
+    main()

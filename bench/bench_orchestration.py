@@ -1,0 +1,217 @@
+"""Prefect's overhead on the demo: `pneumo run` (the pipeline flow on Prefect's ephemeral API,
+what `pneumo demo` runs) against the same core functions called directly, on the same data.
+
+Both sides run as fresh processes on fresh stores, so each pays for its own imports:
+
+- prefect: `pneumo run --preset ci` with its own PREFECT_HOME (the ephemeral server's
+  database), whole wall time; then each task's run time read back from that database;
+- direct: this module with `--direct`, the pipeline's steps as plain calls (ingest, prepare,
+  create the run, train the folds as the local runner does, evaluate, predict and check the
+  submission, promote, model card and report), each step timed.
+
+One JSON line for the whole run (ours = Prefect's wall time, baseline = the direct one, so the
+ratio is the slowdown; the overhead in seconds and as a share of the Prefect run in the
+note), then one per step (Prefect's task time against the direct call's).
+
+    .venv/bin/python -m bench.bench_orchestration [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.demo_training import train_folds
+from bench.record import emit
+
+# Prefect task run names (pipeline) -> the direct side's step names
+STEPS = {
+    "ingest": "ingest",
+    "prepare": "prepare",
+    "create-run": "create-run",
+    "train-fold": "train-folds",
+    "evaluate": "evaluate",
+    "predict-test-images": "predict",
+    "promote": "promote",
+    "report": "report",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="work folder (default: temporary)")
+    parser.add_argument("--direct", nargs=2, metavar=("SOURCE", "URI"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.direct:
+        print(json.dumps(direct_steps(*args.direct)))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-orchestration-") as tmp:
+        compare(args.out or Path(tmp))
+
+
+def compare(root: Path) -> None:
+    from flows.cli import DEMO_PIXELS, DEMO_TEST, DEMO_TRAIN
+    from pneumo_core import synthetic
+
+    source = root / "data"
+    if not (source / synthetic.TRAIN_LABELS).exists():
+        synthetic.generate(source, DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS)
+    env = os.environ | {"PREFECT_HOME": str(root / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)  # the ephemeral API, as `pneumo demo` on a fresh machine
+    first, _ = prefect_run(source, root, env)  # a fresh Prefect database, created on the way
+    prefect_wall, since = prefect_run(source, root, env)  # the same database again
+    tasks = task_seconds(env, since)
+
+    store = (root / f"store-direct-{time.time_ns()}").as_uri()
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_orchestration", "--direct", str(source), store],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    direct_wall = time.perf_counter() - started
+    steps = json.loads(done.stdout.strip().splitlines()[-1])
+
+    overhead = prefect_wall - direct_wall
+    # training dominates both and varies by a few seconds run to run: the rest compares better
+    outside = (prefect_wall - tasks["train-fold"]) - (direct_wall - steps["train-folds"])
+    emit(
+        "demo under Prefect, first run on a fresh Prefect database, vs core calls, wall time",
+        first,
+        "s",
+        baseline=direct_wall,
+        higher_is_better=False,
+        note=f"overhead {first - direct_wall:.1f} s = {(first - direct_wall) / first:.1%}: "
+        "the temporary server creates its database first",
+        overhead_s=round(first - direct_wall, 1),
+    )
+    emit(
+        "demo under Prefect (pneumo run, ephemeral API) vs core calls, wall time",
+        prefect_wall,
+        "s",
+        baseline=direct_wall,
+        higher_is_better=False,
+        note=f"overhead {overhead:.1f} s = {overhead / prefect_wall:.1%} of the Prefect run "
+        "(target < 10 %); both fresh processes on fresh stores, same data; the Prefect "
+        f"database exists (the second run on this machine); outside the folds' training "
+        f"{outside:.1f} s",
+        overhead_s=round(overhead, 1),
+        overhead_outside_training_s=round(outside, 1),
+        overhead_share=round(overhead / prefect_wall, 4),
+    )
+    for task_name, step in STEPS.items():
+        if task_name in tasks and step in steps:
+            emit(
+                f"demo under Prefect, task {task_name} vs core call",
+                tasks[task_name],
+                "s",
+                baseline=steps[step],
+                higher_is_better=False,
+                note="Prefect's task run time (its database) against the direct call's",
+                overhead_s=round(tasks[task_name] - steps[step], 2),
+            )
+
+
+def prefect_run(source: Path, root: Path, env: dict[str, str]) -> tuple[float, float]:
+    """`pneumo run` of the demo's recipe on a fresh store: (wall seconds, start time)."""
+    pneumo = str(Path(sys.executable).with_name("pneumo"))
+    store = (root / f"store-prefect-{time.time_ns()}").as_uri()
+    began, started = time.time(), time.perf_counter()
+    subprocess.run([pneumo, "run", "--source", str(source), "--storage", store, "--preset", "ci"],
+                   env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    return time.perf_counter() - started, began
+
+
+def task_seconds(env: dict[str, str], since: float) -> dict[str, float]:
+    """Each pipeline step's task run time (started after `since`) from the ephemeral server's
+    database; the folds' tasks as one span (first start to last end), as they run at once."""
+    script = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as client:\n"
+        "        runs = await client.read_task_runs()\n"
+        "    print(json.dumps([[r.name, r.start_time.timestamp(), r.end_time.timestamp()]\n"
+        "                      for r in runs if r.start_time and r.end_time]))\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True
+    )
+    spans: dict[str, tuple[float, float]] = {}
+    for name, start, end in json.loads(done.stdout.strip().splitlines()[-1]):
+        if start < since:
+            continue
+        key = next((k for k in STEPS if name.startswith(k)), None)
+        if key is None or name.endswith("-here"):  # -here: the local runner's fold wrapper
+            continue
+        low, high = spans.get(key, (start, end))
+        spans[key] = (min(low, start), max(high, end))
+    return {key: end - start for key, (start, end) in spans.items()}
+
+
+def direct_steps(source: str, uri: str) -> dict[str, float]:
+    """The pipeline's steps for a new `ci` run as plain core calls, each timed."""
+    from pneumo_core import (
+        champion,
+        evaluate,
+        kaggle,
+        model_card,
+        predict,
+        prepare,
+        report,
+        submission,
+        train,
+    )
+    from pneumo_core.config import preset
+    from pneumo_core.storage import open_store
+
+    seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        seconds[step] = time.perf_counter() - started
+
+    store = open_store(uri)
+    config = preset("ci")
+    with timed("ingest"):
+        kaggle.ingest(source, store, progress=False)
+    with timed("prepare"):
+        prepare.prepare_dataset(
+            store, image_size=config.image_size, n_folds=config.n_folds, seed=config.seed,
+            progress=False,
+        )  # fmt: skip
+    with timed("create-run"):
+        run_id = train.create_run(store, config)
+    with timed("train-folds"):
+        train_folds(store, run_id, config)
+    with timed("evaluate"):
+        evaluation = evaluate.evaluate_run(store, run_id)
+    with timed("predict"), tempfile.TemporaryDirectory() as tmp:
+        result = predict.predict_test_set(store, run_id, Path(tmp) / "submission.csv")
+        if problems := submission.check_submission(result.path):
+            raise RuntimeError(f"invalid submission: {problems[:3]}")
+        store.put_file(train.run_key(run_id, "submission.csv"), result.path)
+    with timed("promote"):
+        digests = champion.data_digests(store, kaggle.manifest_key(config.dataset))
+        new = champion.candidate(
+            run_id, evaluation["oof_map"], config.config_hash(), *digests, evaluation["protocol"]
+        )
+        decision = champion.promote_if_better(store, new)
+    with timed("report"):
+        model_card.write_model_card(store, run_id)
+        report.write_report(store, run_id, evaluation, range(config.n_folds), decision)
+    return seconds
+
+
+if __name__ == "__main__":
+    main()

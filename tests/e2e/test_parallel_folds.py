@@ -1,0 +1,46 @@
+"""Folds trained at once in threads of one process (the local runner on CPU) end with exactly
+the weights and out-of-fold predictions they get when trained one after the other."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from pneumo_core import kaggle, prepare, synthetic, train
+from pneumo_core.config import preset
+from pneumo_core.storage import open_store
+
+
+def test_folds_trained_at_once_match_folds_trained_alone(tmp_path):
+    src = synthetic.generate(tmp_path / "data", n_train=24, n_test=0, image_size=128, seed=2)
+    store = open_store(str(tmp_path / "store"))
+    kaggle.ingest(str(src), store, progress=False)
+    prepare.prepare_dataset(store, image_size=64, n_folds=2, workers=1)
+    config = preset("ci", image_size=64, fpn_channels=32, epochs=2, max_parallel_folds=2)
+    folds = range(config.n_folds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same reduction order on both sides
+    try:
+        alone = train.create_run(store, config, "alone")
+        for fold in folds:
+            train.train_fold(store, alone, fold)
+        together = train.create_run(store, config, "together")
+        with ThreadPoolExecutor(config.max_parallel_folds) as pool:
+            list(pool.map(lambda fold: train.train_fold(store, together, fold), folds))
+    finally:
+        torch.set_num_threads(threads)
+
+    for fold in folds:
+        weights = [
+            train.load_checkpoint(store, f"runs/{run}/fold-{fold}/checkpoint-last.pt")["model"]
+            for run in (alone, together)
+        ]
+        assert weights[0].keys() == weights[1].keys()
+        for name, tensor in weights[0].items():
+            assert torch.equal(tensor, weights[1][name]), f"fold {fold}: {name} differs"
+        oof = [
+            store.get_text(f"runs/{run}/fold-{fold}/oof_predictions.csv")
+            for run in (alone, together)
+        ]
+        assert oof[0] == oof[1]
