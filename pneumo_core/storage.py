@@ -6,6 +6,7 @@ Writes are atomic on both backends: a reader sees the old object or the new one,
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -558,7 +559,11 @@ class S3Store(ObjectStore):
             "PUT",
             key,
             lambda: self._client.put_object(
-                Bucket=self.bucket, Key=full, Body=data, Metadata=_checksum(digest, len(data))
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                Metadata=_checksum(digest, len(data)),
+                ContentMD5=_content_md5(data),
             ),
         )
 
@@ -641,8 +646,10 @@ class S3Store(ObjectStore):
         head = self._head(key)
         metadata, length = head.get("Metadata", {}), str(head["ContentLength"])
         stored = metadata.get("sha256")
-        # A PUT cut off mid-body can leave an empty object carrying the full one's metadata
-        # (seen on SeaweedFS): trust the recorded sha256 only when the length agrees.
+        # SeaweedFS stores a PUT whose body never came as an empty object carrying the full one's
+        # metadata. put_bytes sends a Content-MD5 that prevents it (`_content_md5`), but
+        # put_file's single-request uploads (upload_file) do not, nor did older writers: trust
+        # the recorded sha256 only when the length agrees.
         if stored and metadata.get("size", length) == length:
             return stored
 
@@ -673,7 +680,7 @@ class S3Store(ObjectStore):
             try:
                 self._client.put_object(
                     Bucket=self.bucket, Key=full, Body=data, Metadata=_checksum(digest, len(data)),
-                    **condition,
+                    ContentMD5=_content_md5(data), **condition,
                 )  # fmt: skip
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in _CONDITION_CODES:
@@ -711,6 +718,13 @@ class S3Store(ObjectStore):
         return client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=expires_s
         )
+
+
+def _content_md5(data: bytes) -> str:
+    """Content-MD5 for a single-request PUT. SeaweedFS stores an EMPTY object (honouring even
+    If-Match) when a PUT's body never arrives after its "100 Continue"; with the MD5 it
+    refuses instead, and botocore's retry sends the whole body again."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
 
 
 def _checksum(sha256: str, size: int) -> dict[str, str]:
