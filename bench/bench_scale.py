@@ -44,7 +44,7 @@ from bench.record import emit
 from bench.scale_archive import write_archive
 from bench.tree_memory import run_measured
 from pneumo_core import kaggle, synthetic
-from pneumo_core.prepare import SPLITS, prepare_dataset, prepared_prefix
+from pneumo_core.prepare import SPLITS, available_cores, prepare_dataset, prepared_prefix
 from pneumo_core.storage import S3Store
 from tests import seaweedfs
 
@@ -126,10 +126,6 @@ def main() -> None:
         else:
             shutil.rmtree(work)
     print(f"bench-scale: {time.perf_counter() - started:.0f} s in all")
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 # --- archive --------------------------------------------------------------------------------
@@ -246,7 +242,7 @@ def prepare_in_process(store_args: StoreArgs, dataset: str, workers: int) -> dic
 
 
 def measure_prepare(store_args: StoreArgs) -> None:
-    n = cores()
+    n = available_cores()
     one, one_use = run_measured(prepare_in_process, store_args, "small", 1)
     few, few_use = run_measured(prepare_in_process, store_args, "small", n)
     full, full_use = run_measured(prepare_in_process, store_args, "full", n)
@@ -331,7 +327,7 @@ def timed_epoch(loader: Iterable) -> dict:
 def measure_loader(store_args: StoreArgs, archive: Path, baseline_images: int) -> None:
     from pneumo_core.data import PreparedCache
 
-    n = cores()
+    n = available_cores()
     PreparedCache(store_args.open(), "full", SIZE).images("train")  # the download, untimed
     ours, use = run_measured(loader_epoch, store_args, n)
     folder = str(archive / synthetic.TRAIN_IMAGES)

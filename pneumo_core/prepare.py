@@ -111,7 +111,7 @@ def prepare_dataset(
     """Build (or find) the cache for one image size; see the module docstring."""
     if image_size < 8:
         raise InputError(f"image size must be at least 8 px, got {image_size}")
-    workers = workers or _available_cores()
+    workers = workers or available_cores()
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     started = time.perf_counter()
@@ -411,7 +411,7 @@ def _reader(store: ObjectStore) -> Callable[[str], str | bytes]:
     return store.get_bytes
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
     """The cores this process may use (a container's CPU set, not the host's count)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))

@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import math
-import os
 import random
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from pneumo_core.data import DetectionDataset, PreparedCache, make_loader
 from pneumo_core.errors import InputError
 from pneumo_core.evaluate import THRESHOLD_GRID
 from pneumo_core.model import ModelInfo, build_model, detect_batch, losses_and_detections
+from pneumo_core.prepare import available_cores
 from pneumo_core.progress import progress_reporter
 from pneumo_core.run_ids import (  # run records live there, without torch; re-exported
     create_run as create_run,
@@ -80,8 +80,7 @@ def cpu_shared_by(parallel_folds: int) -> Iterator[int]:
     with two threads: the detector's small ops scale poorly across threads (bench.demo_training).
     """
     before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // max(1, parallel_folds))
+    threads = max(1, available_cores() // max(1, parallel_folds))
     torch.set_num_threads(threads)
     try:
         yield threads
