@@ -153,6 +153,19 @@ class Engine:
             return ""
         return result.stdout
 
+    def remove_containers(self, *filters: str, wait_s: float = 120) -> None:
+        """Remove the containers matching every `filters` (all of them when none) and wait
+        until they are gone: a container the worker started with auto-remove may be on its
+        way out already, and then `docker rm -f` answers "removal ... already in progress"
+        (seen in CI)."""
+        deadline = time.monotonic() + wait_s
+        selection = [arg for f in filters for arg in ("--filter", f)]
+        while ids := self.docker("ps", "-aq", *selection, timeout=30).split():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containers {ids} still present after {wait_s:.0f} s")
+            self.docker("rm", "-f", *ids, timeout=120, check=False)
+            time.sleep(1)
+
     def import_base(self) -> str:
         """The base image, imported from the cached tarball unless the data root has it
         already (a new import is a new image id, which would miss every cached layer)."""
@@ -215,9 +228,7 @@ def start_engine(wait_s: float = LOCK_WAIT_S) -> Engine:
 
 
 def _remove_containers_and_volumes(engine: Engine) -> None:
-    ids = engine.docker("ps", "-aq", timeout=30).split()
-    if ids:
-        engine.docker("rm", "-f", *ids, timeout=120)
+    engine.remove_containers()
     engine.docker("volume", "prune", "-f", timeout=120)
 
 

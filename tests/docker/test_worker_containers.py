@@ -135,10 +135,7 @@ def deployed(
             (seaweedfs.secret_key, KAGGLE_KEY),
         )
     # Containers and the image go with the test: nothing of ours may stay in the engine.
-    for line in docker_engine.docker(
-        "ps", "-aq", "--filter", "label=io.prefect.flow-run-id"
-    ).split():
-        docker_engine.docker("rm", "-f", line)
+    docker_engine.remove_containers("label=io.prefect.flow-run-id")
     docker_engine.docker("rmi", "-f", image)
     assert docker_engine.docker("ps", "-aq").split() == []
     assert image not in docker_engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}")
