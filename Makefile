@@ -45,19 +45,21 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
-# Every benchmark, one JSON line per figure appended to bench/results/<date>-<host>.jsonl,
+# Every benchmark, one JSON line per figure appended to bench/results/<date>-<host>.jsonl
+# (the date make bench started: one file per run, BENCH_RESULTS),
 # then the README's performance table regenerated from them (bench.table). Run it on an
 # otherwise idle machine: the demo's training phase and Prefect's overhead are wall times.
+bench: export BENCH_RESULTS := $(CURDIR)/bench/results/$(shell date -u +%F)-$(shell hostname).jsonl
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_decode
 	$(BIN)/python -m bench.bench_prepare
 	$(BIN)/python -m bench.bench_metric
 	$(BIN)/python -m bench.bench_loader
-	$(BIN)/python -m bench.bench_train
+	$(BIN)/python -m bench.bench_train --repeat 1
 	$(BIN)/python -m bench.bench_inference
 	$(BIN)/python -m bench.demo_training --seeds 0
-	$(BIN)/python -m bench.bench_orchestration
-	$(BIN)/python -m bench.table --write README.md
+	$(BIN)/python -m bench.bench_orchestration --epochs 4
+	$(BIN)/python -m bench.table --results $$BENCH_RESULTS --write README.md
 
 # Ingest, prepare and a training epoch's loader at competition scale (26,684 + 3,000 generated
 # real-sized DICOMs) against SeaweedFS, apart from `bench`: about 25 GB of disk under

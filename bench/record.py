@@ -50,6 +50,10 @@ def machine() -> dict[str, Any]:
 
 
 def results_file(now: datetime | None = None) -> Path:
+    """`BENCH_RESULTS` when set (`make bench` names one file for all its benchmarks, so that a
+    run past midnight stays in one file), else today's file for this host."""
+    if named := os.environ.get("BENCH_RESULTS"):
+        return Path(named)
     now = now or datetime.now(UTC)
     return RESULTS / f"{now:%Y-%m-%d}-{socket.gethostname()}.jsonl"
 

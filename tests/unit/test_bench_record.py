@@ -52,3 +52,14 @@ def test_a_broken_results_line_is_named(results: Path) -> None:
     bad.write_text('{"name": "x"}\nnot json\n')
     with pytest.raises(SystemExit, match=r"2026-01-01-host\.jsonl:2: not a JSON line"):
         table.latest_figures(bad)
+
+
+def test_bench_results_names_one_file_for_a_whole_run(
+    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make bench` sets BENCH_RESULTS once, so a run that passes midnight stays one file."""
+    named = tmp_path / "elsewhere" / "run.jsonl"
+    monkeypatch.setenv("BENCH_RESULTS", str(named))
+    record.emit("loader", 300.0, "images/s")
+    assert [json.loads(x)["name"] for x in named.read_text().splitlines()] == ["loader"]
+    assert not results.exists()
