@@ -45,11 +45,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
-# Every benchmark, one JSON line per figure appended to bench/results/<date>-<host>.jsonl
-# (the date make bench started: one file per run, BENCH_RESULTS),
-# then the README's performance table regenerated from them (bench.table). Run it on an
+# Every benchmark, one JSON line per figure written to bench/results/<date>-<time>-<host>.jsonl
+# (when make bench started: one file per run, BENCH_RESULTS, so the table shows only this
+# run's figures), then the README's performance table regenerated from it. Run it on an
 # otherwise idle machine: the demo's training phase and Prefect's overhead are wall times.
-bench: export BENCH_RESULTS := $(CURDIR)/bench/results/$(shell date -u +%F)-$(shell hostname).jsonl
+bench: export BENCH_RESULTS := $(CURDIR)/bench/results/$(shell date -u +%F-%H%M)-$(shell hostname).jsonl
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_decode
 	$(BIN)/python -m bench.bench_prepare
