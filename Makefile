@@ -55,10 +55,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_prepare
 	$(BIN)/python -m bench.bench_metric
 	$(BIN)/python -m bench.bench_loader
-	$(BIN)/python -m bench.bench_train --repeat 1
+	$(BIN)/python -m bench.bench_train --recipes ci --repeat 1  # --recipes default: 3 min more
 	$(BIN)/python -m bench.bench_inference
 	$(BIN)/python -m bench.demo_training --seeds 0
-	$(BIN)/python -m bench.bench_orchestration --epochs 4
+	$(BIN)/python -m bench.bench_orchestration --epochs 2
 	$(BIN)/python -m bench.table --results $$BENCH_RESULTS --write README.md
 
 # Ingest, prepare and a training epoch's loader at competition scale (26,684 + 3,000 generated

@@ -25,7 +25,7 @@ import torch
 from bench.demo_training import train_folds
 from bench.record import emit
 from bench.timing import best_of_turns
-from pneumo_core import kaggle, predict, prepare, synthetic, train
+from pneumo_core import evaluate, kaggle, predict, prepare, synthetic, train
 from pneumo_core.config import preset
 from pneumo_core.storage import LocalStore, ObjectStore
 
@@ -47,6 +47,7 @@ def main() -> None:
         prepare.prepare_dataset(store, image_size=config.image_size, n_folds=2, workers=1)
         run_id = train.create_run(store, config)
         train_folds(store, run_id, config, share=False)
+        evaluate.evaluate_run(store, run_id)  # predict applies its tuned post-processing
         out = Path(tmp) / "submission.csv"
         runs: dict[str, Callable[[], object]] = {
             _setting(b, mode): _predict(store, run_id, out, b, mode) for b, mode in SETTINGS
