@@ -1,7 +1,7 @@
 """The README's performance table, from the newest results file of `bench/results/`.
 
-Takes the last line of each figure in the newest `<date>-<host>.jsonl` and prints a markdown
-table (figure, ours, baseline, ratio, limit, machine); with --write it replaces the table
+Takes the last line of each figure in the newest results file (or --results) and prints a
+markdown table (figure, ours, baseline, ratio, limit, machine); with --write it replaces the table
 between the `<!-- bench-table -->` markers of README.md.
 
     .venv/bin/python -m bench.table [--results FILE] [--write README.md]
