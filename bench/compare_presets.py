@@ -12,7 +12,7 @@ is flagged "weak", as the run report does. Prints a table and the command that r
     .venv/bin/python -m bench.compare_presets            # hard data: seed vs default, naive
     .venv/bin/python -m bench.compare_presets --recipes seed,default --epochs 6
     .venv/bin/python -m bench.compare_presets --recipes default --seeds 0,1,2 \
-        --backgrounds ../shared/rsna-sample/stage_2_train_images --set lr=1e-4
+        --backgrounds DIR --set lr=1e-4   # DIR: real DICOMs, e.g. stage_2_train_images/
 """
 
 from __future__ import annotations
