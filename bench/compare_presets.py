@@ -5,7 +5,8 @@ with the same small backbone (ResNet-18-FPN standing in for ResNet-50 on a CPU),
 weights (`pretrained=false`: the comparison is about the recipes, not the weights), both folds
 at once as the pipeline's local runner trains them on CPU; then `evaluate` scores its
 out-of-fold predictions (post-processing cross-fitted), and the fold ensemble predicts the
-generated test images, scored against their hidden truth (data the run never saw). Each data
+generated test images, scored against their hidden truth (data the run never saw), as does
+each fold's model alone (the model an out-of-fold prediction comes from). Each data
 seed is its own data set; a fold whose best validation mAP is below half its siblings' median
 is flagged "weak", as the run report does. Prints a table and the command that reproduces it.
 
@@ -153,8 +154,16 @@ def _train_and_score(
     folds = train_folds(store, run_id, config)
     result = evaluate.evaluate_run(store, run_id)
     submission = source.parent / f"{run_id}-submission.csv"
+    truth = synthetic.hidden_truth_path(source)
     predict.predict_test_set(store, run_id, submission)
-    test = score_submission(synthetic.hidden_truth_path(source), submission)
+    test = score_submission(truth, submission)
+    # Each fold's model alone on the test images: what the out-of-fold figure estimates (each
+    # OOF prediction comes from one fold's model), against the ensemble the submission uses.
+    alone = []
+    for fold in range(config.n_folds):
+        one = source.parent / f"{run_id}-fold-{fold}-submission.csv"
+        predict.predict_test_set(store, run_id, one, folds=[fold])
+        alone.append(score_submission(truth, one)["map"])
     flags = report.flag_weak_folds([{"best_val_map": f["best_val_map"]} for f in folds])
     # Training time from the metrics, so a re-run that reuses finished folds reports it too.
     seconds = sum(
@@ -170,6 +179,7 @@ def _train_and_score(
         "oof_map_se": result.get("oof_map_se"),
         "oof_map_in_sample": result["oof_map_in_sample"],
         "test_map": test["map"],
+        "test_map_per_fold_model": alone,
         # What the recipe's predictions would score at their best threshold, tuned or not.
         "oof_map_any_threshold": max(
             (c["map"] for c in result["curve"] if c["map"] is not None), default=None
@@ -190,11 +200,12 @@ def _row(r: dict[str, Any]) -> str:
         return "nan" if value is None else f"{value:.4f}"
 
     folds = " ".join("-" if m is None else f"{m:.3f}" for m in r["per_fold"])
+    alone = " ".join("-" if m is None else f"{m:.3f}" for m in r["test_map_per_fold_model"])
     val = " ".join(f"{m:.3f}" for m in r["best_val_map"])
     weak = ",".join(map(str, r["weak_folds"])) or "-"
     return (
         f"| {r['recipe']:<12} | {r['data']:<4} | {r['seed']:>4} | {cell(r['oof_map']):>7} "
-        f"| {cell(r['oof_map_se']):>6} | {cell(r['test_map']):>8} | {folds:<13} "
+        f"| {cell(r['oof_map_se']):>6} | {cell(r['test_map']):>8} | {alone:<13} | {folds:<13} "
         f"| {cell(r['oof_map_any_threshold']):>7} | {val:<13} | {weak:<4} "
         f"| {r['train_minutes']:>9} |"
     )
@@ -202,21 +213,22 @@ def _row(r: dict[str, Any]) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| recipe       | data | seed | OOF mAP | SE     | test mAP | per-fold mAP  | any thr "
-        "| best val mAP  | weak | train min |"
+        "| recipe       | data | seed | OOF mAP | SE     | test mAP | test, 1 model "
+        "| per-fold mAP  | any thr | best val mAP  | weak | train min |"
     )
     rule = (
-        "|--------------|------|------|---------|--------|----------|---------------|---------"
-        "|---------------|------|-----------|"
+        "|--------------|------|------|---------|--------|----------|---------------"
+        "|---------------|---------|---------------|------|-----------|"
     )
     note = (
         "OOF mAP: the out-of-fold predictions with the recipe's own post-processing, tuned on "
         "the other folds where the recipe tunes (cross-fitted), with its standard error over "
         "images; test mAP: the fold ensemble's submission on the generated test images against "
-        "their hidden truth. any thr: the out-of-fold predictions at their best score threshold "
-        "(what a fixed threshold may hide). best val mAP: per fold, the best epoch's validation "
-        "mAP at the best of a few score thresholds; weak: folds below half their siblings' "
-        "median."
+        "their hidden truth; test, 1 model: each fold's model alone on them (what OOF mAP "
+        "estimates: each out-of-fold prediction comes from one model). any thr: the out-of-fold "
+        "predictions at their best score threshold (what a fixed threshold may hide). best val "
+        "mAP: per fold, the best epoch's validation mAP at the best of a few score thresholds; "
+        "weak: folds below half their siblings' median."
     )
     return "\n".join([head, rule, *(_row(r) for r in rows), "", note])
 

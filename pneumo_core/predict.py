@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,14 +85,17 @@ class TestSetPrediction:
     quarantined: list[dict[str, str]]  # patientId, key, reason: empty PredictionString each
 
 
-def predict_test_set(store: ObjectStore, run_id: str, out: str | Path) -> TestSetPrediction:
+def predict_test_set(
+    store: ObjectStore, run_id: str, out: str | Path, folds: Sequence[int] | None = None
+) -> TestSetPrediction:
     """The competition's test images as `prepare` recorded them from the manifest: the cached
     pixels (decoded exactly as training saw them, never re-read from the raw folder, so objects
-    of an earlier ingest never enter) and an empty PredictionString for each quarantined one."""
+    of an earlier ingest never enter) and an empty PredictionString for each quarantined one.
+    `folds` limits the ensemble to those folds' models (to score one fold's model alone)."""
     config = load_run_config(store, run_id)
     cache = PreparedCache(store, config.dataset, config.image_size)
     device = resolve_device(config.device)
-    models = load_fold_models(store, run_id, config, device)
+    models = load_fold_models(store, run_id, config, device, folds)
     post = tuned_postprocess(store, run_id, config)
     ids = cache.patient_ids("test")
     images = cache.images("test")
@@ -182,11 +185,19 @@ def quarantined_test_images(store: ObjectStore, run_id: str) -> list[dict[str, s
 
 
 def load_fold_models(
-    store: ObjectStore, run_id: str, config: RunConfig, device: torch.device
+    store: ObjectStore,
+    run_id: str,
+    config: RunConfig,
+    device: torch.device,
+    folds: Sequence[int] | None = None,
 ) -> list[RetinaNet]:
-    """The best checkpoint of every fold that has one; at least one must exist."""
+    """The best checkpoint of every fold (or of `folds`) that has one; at least one must exist."""
+    wanted = range(config.n_folds) if folds is None else folds
+    unknown = sorted(set(wanted) - set(range(config.n_folds)))
+    if unknown:
+        raise InputError(f"run {run_id} has folds 0..{config.n_folds - 1}, not {unknown}")
     models = []
-    for fold in range(config.n_folds):
+    for fold in wanted:
         for name in ("checkpoint-best.pt", "checkpoint-last.pt"):
             key = fold_key(run_id, fold, name)
             if store.exists(key):
@@ -198,8 +209,8 @@ def load_fold_models(
                 break
     if not models:
         raise InputError(f"run {run_id}: no fold has a checkpoint yet; train it first")
-    if len(models) < config.n_folds:
-        log.warning("run %s: only %d of %d folds have a model", run_id, len(models), config.n_folds)
+    if len(models) < len(wanted):
+        log.warning("run %s: only %d of %d folds have a model", run_id, len(models), len(wanted))
     return models
 
 

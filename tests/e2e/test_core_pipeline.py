@@ -25,8 +25,10 @@ import torch
 
 from flows.cli import main
 from pneumo_core import evaluate
+from pneumo_core.errors import InputError
 from pneumo_core.labels import load_targets
 from pneumo_core.metric import image_precision, mean_scored
+from pneumo_core.predict import load_fold_models
 from pneumo_core.storage import open_store
 from pneumo_core.submission import read_submission
 from pneumo_core.synthetic import (
@@ -36,6 +38,7 @@ from pneumo_core.synthetic import (
     TRAIN_LABELS,
     hidden_truth_path,
 )
+from pneumo_core.train import fold_key, load_checkpoint, load_run_config
 
 MIN_OOF_MAP = 0.15
 N_TRAIN, N_TEST, PIXELS = 300, 300, 256
@@ -157,6 +160,19 @@ def test_oof_map_is_calibrated_against_the_held_out_test_images(trained, tmp_pat
         f"{scored} of {N_TEST} images scored); gap {gap:.4f}, 2 SE {2 * se:.4f}"
     )
     assert gap <= max(CALIBRATION_TOLERANCE, 2 * se)
+
+
+def test_one_folds_model_alone(trained):
+    """`folds` loads only the named fold's best checkpoint (to score one model against the
+    ensemble); a fold the run does not have is refused by name."""
+    _, storage, run = trained
+    store = open_store(storage)
+    config = load_run_config(store, run)
+    (model,) = load_fold_models(store, run, config, torch.device("cpu"), folds=[1])
+    saved = load_checkpoint(store, fold_key(run, 1, "checkpoint-best.pt"))["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    with pytest.raises(InputError, match=r"folds 0\.\.1, not \[2\]"):
+        load_fold_models(store, run, config, torch.device("cpu"), folds=[0, 2])
 
 
 def test_predict_a_single_dicom(trained, tmp_path):
