@@ -199,9 +199,11 @@ def _row(r: dict[str, Any]) -> str:
     def cell(value: float | None) -> str:
         return "nan" if value is None else f"{value:.4f}"
 
-    folds = " ".join("-" if m is None else f"{m:.3f}" for m in r["per_fold"])
-    alone = " ".join("-" if m is None else f"{m:.3f}" for m in r["test_map_per_fold_model"])
-    val = " ".join(f"{m:.3f}" for m in r["best_val_map"])
+    def per_fold(values: list[float | None]) -> str:
+        return " ".join("-" if m is None else f"{m:.3f}" for m in values)
+
+    folds, alone = per_fold(r["per_fold"]), per_fold(r["test_map_per_fold_model"])
+    val = per_fold(r["best_val_map"])
     weak = ",".join(map(str, r["weak_folds"])) or "-"
     return (
         f"| {r['recipe']:<12} | {r['data']:<4} | {r['seed']:>4} | {cell(r['oof_map']):>7} "
