@@ -26,7 +26,7 @@ from pydicom.encaps import generate_frames
 
 from bench.record import emit
 from bench.timing import best_of_turns, synthetic_dicoms
-from pneumo_core.dicom import read_dicom
+from pneumo_core.data.dicom import read_dicom
 
 BASELINE_PLUGIN = "pillow"
 

@@ -25,9 +25,13 @@ import torch
 from bench.demo_training import train_folds
 from bench.record import emit
 from bench.timing import best_of_turns
-from pneumo_core import evaluate, kaggle, predict, prepare, synthetic, train
-from pneumo_core.config import preset
-from pneumo_core.storage import LocalStore, ObjectStore
+from pneumo_core.config.run import preset
+from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.evaluation import evaluate
+from pneumo_core.model import predict
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.local import LocalStore
+from pneumo_core.train.fold import create_run
 
 # (batch, under inference_mode): the baseline, predict's setting (16) under both modes, and
 # its neighbours (all five sizes under both modes measured on this CPU: README)
@@ -45,7 +49,7 @@ def main() -> None:
         kaggle.ingest(str(source), store, progress=False)
         config = preset("ci", epochs=2)
         prepare.prepare_dataset(store, image_size=config.image_size, n_folds=2, workers=1)
-        run_id = train.create_run(store, config)
+        run_id = create_run(store, config)
         train_folds(store, run_id, config, share=False)
         evaluate.evaluate_run(store, run_id)  # predict applies its tuned post-processing
         out = Path(tmp) / "submission.csv"

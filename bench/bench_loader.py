@@ -34,12 +34,12 @@ from bench.bench_train import fixed_batch, step_fn
 from bench.record import emit
 from bench.timing import best_of_turns, synthetic_dicoms
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.augment import AugmentConfig, Augmenter, transform_boxes
-from pneumo_core.config import preset
-from pneumo_core.data import DetectionDataset, Item, PreparedCache, collate, make_loader
-from pneumo_core.kaggle import ingest
-from pneumo_core.prepare import prepare_dataset
-from pneumo_core.storage import LocalStore
+from pneumo_core.config.run import preset
+from pneumo_core.data.augment import AugmentConfig, Augmenter, transform_boxes
+from pneumo_core.data.dataset import DetectionDataset, Item, PreparedCache, collate, make_loader
+from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.storage.local import LocalStore
 
 SIZE = 512
 BATCH = 6  # the seed's training batch

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.record import emit
-from pneumo_core.labels import load_targets
-from pneumo_core.metric import IOU_THRESHOLDS, ScoreTable, map_score
+from pneumo_core.data.labels import load_targets
+from pneumo_core.evaluation.metric import IOU_THRESHOLDS, ScoreTable, map_score
 
 N_IMAGES, POSITIVE_SHARE = 26_684, 0.225
 

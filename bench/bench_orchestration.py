@@ -70,8 +70,8 @@ def main() -> None:
 
 
 def compare(root: Path, fresh_database: bool, epochs: int | None) -> None:
-    from flows.cli import DEMO_PIXELS, DEMO_TEST, DEMO_TRAIN
-    from pneumo_core import synthetic
+    from flows.cli.pipeline import DEMO_PIXELS, DEMO_TEST, DEMO_TRAIN
+    from pneumo_core.data import synthetic
 
     source = root / "data"
     if not (source / synthetic.TRAIN_LABELS).exists():
@@ -192,19 +192,14 @@ DIRECT = (
 
 def direct_steps(source: str, uri: str, epochs: int | None) -> dict[str, float]:
     """The pipeline's steps for a new `ci` run as plain core calls, each timed."""
-    from pneumo_core import (
-        champion,
-        evaluate,
-        kaggle,
-        model_card,
-        predict,
-        prepare,
-        report,
-        submission,
-        train,
-    )
-    from pneumo_core.config import preset
-    from pneumo_core.storage import open_store
+    from pneumo_core.config.run import preset
+    from pneumo_core.data import kaggle, prepare
+    from pneumo_core.evaluation import evaluate, submission
+    from pneumo_core.model import predict
+    from pneumo_core.reports import model_card, report
+    from pneumo_core.runs import champion
+    from pneumo_core.storage.open import open_store
+    from pneumo_core.train.fold import create_run, run_key
 
     seconds: dict[str, float] = {}
 
@@ -224,7 +219,7 @@ def direct_steps(source: str, uri: str, epochs: int | None) -> dict[str, float]:
             progress=False,
         )  # fmt: skip
     with timed("create-run"):
-        run_id = train.create_run(store, config)
+        run_id = create_run(store, config)
     with timed("train-folds"):
         train_folds(store, run_id, config)
     with timed("evaluate"):
@@ -233,7 +228,7 @@ def direct_steps(source: str, uri: str, epochs: int | None) -> dict[str, float]:
         result = predict.predict_test_set(store, run_id, Path(tmp) / "submission.csv")
         if problems := submission.check_submission(result.path):
             raise RuntimeError(f"invalid submission: {problems[:3]}")
-        store.put_file(train.run_key(run_id, "submission.csv"), result.path)
+        store.put_file(run_key(run_id, "submission.csv"), result.path)
     with timed("promote"):
         digests = champion.data_digests(store, kaggle.manifest_key(config.dataset))
         new = champion.candidate(

@@ -29,9 +29,9 @@ from skimage.transform import resize
 from bench.bench_decode import BASELINE_PLUGIN, bare_jpeg, jpeg_frame, pydicom_default
 from bench.record import emit
 from bench.timing import best_of_turns, synthetic_dicoms
-from pneumo_core.kaggle import ingest
-from pneumo_core.prepare import decode_resized, prepare_dataset
-from pneumo_core.storage import LocalStore
+from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.prepare import decode_resized, prepare_dataset
+from pneumo_core.storage.local import LocalStore
 
 SIZE = 512
 

@@ -43,9 +43,9 @@ from bench.bench_prepare import cpu_seconds
 from bench.record import emit
 from bench.scale_archive import write_archive
 from bench.tree_memory import run_measured
-from pneumo_core import kaggle, synthetic
-from pneumo_core.prepare import SPLITS, available_cores, prepare_dataset, prepared_prefix
-from pneumo_core.storage import S3Store
+from pneumo_core.data import kaggle, synthetic
+from pneumo_core.data.prepare import SPLITS, available_cores, prepare_dataset, prepared_prefix
+from pneumo_core.storage.s3 import S3Store
 from tests import seaweedfs
 
 SIZE = 512
@@ -287,9 +287,9 @@ def _mb(parts: tuple[int, ...]) -> str:
 
 def loader_epoch(store_args: StoreArgs, workers: int) -> dict:
     """Runs in a fresh process: one shuffled epoch over the whole train cache."""
-    from pneumo_core.augment import Augmenter
-    from pneumo_core.config import preset
-    from pneumo_core.data import DetectionDataset, PreparedCache, make_loader
+    from pneumo_core.config.run import preset
+    from pneumo_core.data.augment import Augmenter
+    from pneumo_core.data.dataset import DetectionDataset, PreparedCache, make_loader
 
     config = preset("default")
     cache = PreparedCache(store_args.open(), "full", SIZE)
@@ -304,8 +304,8 @@ def seed_style_epoch(store_args: StoreArgs, folder: str, n: int, workers: int) -
     from torch.utils.data import DataLoader
 
     from bench.bench_loader import SeedStyleDataset
-    from pneumo_core.config import preset
-    from pneumo_core.data import PreparedCache, collate
+    from pneumo_core.config.run import preset
+    from pneumo_core.data.dataset import PreparedCache, collate
 
     config = preset("default")
     cache = PreparedCache(store_args.open(), "full", SIZE)
@@ -325,7 +325,7 @@ def timed_epoch(loader: Iterable) -> dict:
 
 
 def measure_loader(store_args: StoreArgs, archive: Path, baseline_images: int) -> None:
-    from pneumo_core.data import PreparedCache
+    from pneumo_core.data.dataset import PreparedCache
 
     n = available_cores()
     PreparedCache(store_args.open(), "full", SIZE).images("train")  # the download, untimed

@@ -28,14 +28,14 @@ import torch
 from bench.record import emit
 from bench.timing import best_of_turns, synthetic_dicoms
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.augment import Augmenter
-from pneumo_core.config import RunConfig, preset
-from pneumo_core.data import DetectionDataset, PreparedCache, make_loader
-from pneumo_core.kaggle import ingest
-from pneumo_core.model import build_model
-from pneumo_core.prepare import prepare_dataset
-from pneumo_core.storage import LocalStore
-from pneumo_core.train import _amp_dtype, _optimizer
+from pneumo_core.config.run import RunConfig, preset
+from pneumo_core.data.augment import Augmenter
+from pneumo_core.data.dataset import DetectionDataset, PreparedCache, make_loader
+from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.model.build import build_model
+from pneumo_core.storage.local import LocalStore
+from pneumo_core.train.fold import _amp_dtype, _optimizer
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 

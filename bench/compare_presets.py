@@ -27,10 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.demo_training import train_folds
-from pneumo_core import evaluate, kaggle, predict, prepare, report, synthetic, train
-from pneumo_core.config import RunConfig, parse_overrides, preset
-from pneumo_core.storage import open_store
-from pneumo_core.submission import score_submission
+from pneumo_core.config.run import RunConfig, parse_overrides, preset
+from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.evaluation import evaluate
+from pneumo_core.evaluation.submission import score_submission
+from pneumo_core.model import predict
+from pneumo_core.reports import report
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import create_run, fold_key
 
 # "Naive": small backbone from random weights, plain Adam at its default rate, flips only,
 # no warm-up, schedule, clipping, TTA, box fusion or shrinking. Its score threshold and max
@@ -150,7 +154,7 @@ def _train_and_score(
     store, source: Path, name: str, difficulty: str, config: RunConfig
 ) -> dict[str, Any]:
     run_id = f"{name}-{config.config_hash()}"
-    train.create_run(store, config, run_id)
+    create_run(store, config, run_id)
     folds = train_folds(store, run_id, config)
     result = evaluate.evaluate_run(store, run_id)
     submission = source.parent / f"{run_id}-submission.csv"
@@ -169,7 +173,7 @@ def _train_and_score(
     seconds = sum(
         json.loads(line)["train_seconds"]
         for k in range(config.n_folds)
-        for line in store.get_text(train.fold_key(run_id, k, "metrics.jsonl")).splitlines()
+        for line in store.get_text(fold_key(run_id, k, "metrics.jsonl")).splitlines()
     )
     return {
         "recipe": name,

@@ -25,10 +25,13 @@ from pathlib import Path
 import torch
 
 from bench.record import emit
-from flows.cli import DEMO_PIXELS, DEMO_TEST, DEMO_TRAIN
-from pneumo_core import evaluate, kaggle, prepare, synthetic, train
-from pneumo_core.config import RunConfig, preset
-from pneumo_core.storage import ObjectStore, open_store
+from flows.cli.pipeline import DEMO_PIXELS, DEMO_TEST, DEMO_TRAIN
+from pneumo_core.config.run import RunConfig, preset
+from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.evaluation import evaluate
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import cpu_shared_by, create_run, train_fold
 
 # name -> (torch threads or None for the machine's default, config overrides).
 # "before": the ci preset's training as `pneumo demo` ran it until this change (one fold at a
@@ -63,7 +66,7 @@ def main() -> None:
             config = preset("ci", **overrides)
             torch.set_num_threads(threads or default_threads)
             run_id = f"{name}-{config.config_hash()}-{time.time_ns()}"
-            train.create_run(store, config, run_id)
+            create_run(store, config, run_id)
             started, cpu = time.perf_counter(), time.process_time()
             done = train_folds(store, run_id, config, share=not threads)
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -100,10 +103,10 @@ def train_folds(store: ObjectStore, run_id: str, config: RunConfig, share: bool 
     """Every fold of the run as the pipeline's local runner trains them on CPU:
     `max_parallel_folds` at once in threads, the cores shared between them when `share`."""
     parallel = min(config.max_parallel_folds, config.n_folds)
-    shared = train.cpu_shared_by(parallel) if parallel > 1 and share else nullcontext()
+    shared = cpu_shared_by(parallel) if parallel > 1 and share else nullcontext()
     with shared, ThreadPoolExecutor(parallel) as pool:
         folds = range(config.n_folds)
-        return list(pool.map(lambda k: train.train_fold(store, run_id, k), folds))
+        return list(pool.map(lambda k: train_fold(store, run_id, k), folds))
 
 
 def _demo_store(root: Path, seed: int):

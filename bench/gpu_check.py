@@ -47,15 +47,19 @@ import numpy as np
 import torch
 
 from bench import record
-from pneumo_core import DEFAULT_DATASET, synthetic, train
-from pneumo_core.config import RunConfig, preset
-from pneumo_core.data import DetectionDataset, PreparedCache, collate
-from pneumo_core.kaggle import ingest
-from pneumo_core.model import build_model, detect_batch
-from pneumo_core.predict import load_fold_models
-from pneumo_core.prepare import prepare_dataset
-from pneumo_core.run_ids import create_run, fold_key
-from pneumo_core.storage import ObjectStore, open_store
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.config.run import RunConfig, preset
+from pneumo_core.data import synthetic
+from pneumo_core.data.dataset import DetectionDataset, PreparedCache, collate
+from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.model.build import build_model, detect_batch
+from pneumo_core.model.predict import load_fold_models
+from pneumo_core.runs.ids import create_run, fold_key
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.open import open_store
+from pneumo_core.train import fold as fold_training
+from pneumo_core.train.fold import _optimizer, load_checkpoint, train_fold
 
 # Kaggle's stage 2: 26,684 training images (3/4 train a fold, 1/4 validate it), 3,000 test.
 REAL_TRAIN, REAL_TEST = 26_684, 3_000
@@ -101,7 +105,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pneumo_core.progress").setLevel(logging.WARNING)
     if args.train_fold:  # the child process of the resume check
-        train.train_fold(open_store(args.train_fold[0]), args.train_fold[1], 0)
+        train_fold(open_store(args.train_fold[0]), args.train_fold[1], 0)
         return
     started = time.monotonic()
     SKIP.update(args.skip.split(","))
@@ -242,7 +246,7 @@ def step_anatomy(store: ObjectStore, base: RunConfig, device: torch.device) -> N
     images, targets = _fixed_batch(store, base, device)
     for name, amp in (("fp32", False), ("bf16", True)):
         model = _random_model(base, device)
-        optimizer = train._optimizer(model, base)
+        optimizer = _optimizer(model, base)
 
         for repeat in (3, 10):  # warm-up, then the unprofiled wall time
             began = time.monotonic()
@@ -281,7 +285,7 @@ def train_setting(store: ObjectStore, config: RunConfig, name: str) -> dict[str,
     """Fold 0 trained by the real loop; figures from its metrics.jsonl (epoch 0 warms up)."""
     run_id = create_run(store, config, f"gpu-check-{slug(name)}")
     began = time.monotonic()
-    done = train.train_fold(store, run_id, 0)
+    done = train_fold(store, run_id, 0)
     wall = time.monotonic() - began
     history = [
         json.loads(x) for x in store.get_text(fold_key(run_id, 0, "metrics.jsonl")).splitlines()
@@ -339,14 +343,14 @@ def training_rows(
 @contextmanager
 def module_settings(settings: dict[str, Any]) -> Iterator[None]:
     """pneumo_core.train's execution constants set for one row, restored after it."""
-    saved = {k: getattr(train, k) for k in settings}
+    saved = {k: getattr(fold_training, k) for k in settings}
     for key, value in settings.items():
-        setattr(train, key, value)
+        setattr(fold_training, key, value)
     try:
         yield
     finally:
         for key, value in saved.items():
-            setattr(train, key, value)
+            setattr(fold_training, key, value)
 
 
 def best_execution_row(rows: dict[str, dict]) -> str:
@@ -396,7 +400,7 @@ def resume_check(root: Path, store: ObjectStore, base: RunConfig) -> dict[str, A
     for name in "AB":
         if children[name].wait() != 0:
             raise RuntimeError(f"run {name} failed: {logs[name].read_text()[-2000:]}")
-    checkpoint = train.load_checkpoint(store, first)
+    checkpoint = load_checkpoint(store, first)
     killed_at, before = checkpoint["epoch"], checkpoint["history"][0]
     if killed_at != 0 or store.exists(fold_key(runs["C"], 0, "done.json")):
         raise RuntimeError(f"the kill came too late: checkpoint of epoch {killed_at}")
@@ -437,7 +441,7 @@ _COMPARED = ("train_cls_loss", "train_box_loss", "val_cls_loss", "val_box_loss",
 
 
 def _weights(store: ObjectStore, run_id: str) -> torch.Tensor:
-    state = train.load_checkpoint(store, fold_key(run_id, 0, "checkpoint-last.pt"))["model"]
+    state = load_checkpoint(store, fold_key(run_id, 0, "checkpoint-last.pt"))["model"]
     return torch.cat([v.flatten().double() for v in state.values() if v.is_floating_point()])
 
 

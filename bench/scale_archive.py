@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from pneumo_core import synthetic
+from pneumo_core.data import synthetic
 from pneumo_core.errors import InputError
 
 TEMPLATES = 32  # with the competition's class shares, about 7 of them have boxes

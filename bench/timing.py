@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pneumo_core import synthetic
+from pneumo_core.data import synthetic
 
 
 def best_of_turns(

@@ -20,16 +20,19 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.core_logs import core_info_to_run_logs
-from flows.deployment_names import PIPELINE_FLOW, PREDICT_DEPLOYMENT, TRAIN_FOLD_DEPLOYMENT
 from flows.preflight import check_folds
 from flows.train_fold import train_fold_flow
-from pneumo_core import champion, config, kaggle, prepare
-from pneumo_core.config_form import RunOverrides
+from pneumo_core.config.form import RunOverrides
+from pneumo_core.config.run import RunConfig, check_resume
+from pneumo_core.data import kaggle, prepare
 from pneumo_core.errors import InputError, PneumoError
-from pneumo_core.run_ids import check_run_id
-from pneumo_core.storage import ObjectStore, open_store
-from pneumo_core.train import cpu_shared_by, load_run_config, run_key
+from pneumo_core.runs import champion
+from pneumo_core.runs.ids import check_run_id
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import cpu_shared_by, load_run_config, run_key
 from tasks.data import ingest, prepare_dataset, source_fingerprint
+from tasks.deployment_names import PIPELINE_FLOW, PREDICT_DEPLOYMENT, TRAIN_FOLD_DEPLOYMENT
 from tasks.evaluation import evaluate_run, promote, write_report
 from tasks.gpu_jobs import deployment_gpu_jobs
 from tasks.kaggle_submit import submit_to_kaggle
@@ -186,15 +189,15 @@ def pipeline(
 
 def _resolve_config(
     store: ObjectStore, preset: str, overrides: dict[str, Any], run_id: str | None
-) -> config.RunConfig:
+) -> RunConfig:
     """A resumed run keeps its stored configuration (overrides that differ from it are an
     error, never silently ignored); a new one is preset + overrides."""
     if run_id and store.exists(run_key(run_id, "config.json")):
         get_run_logger().info("resuming run %s with its stored configuration", run_id)
         stored = load_run_config(store, run_id)
-        config.check_resume(stored, run_id, None, overrides)
+        check_resume(stored, run_id, None, overrides)
         return stored
-    return config.preset(preset, **overrides)
+    return preset(preset, **overrides)
 
 
 def _stored_evaluation(store: ObjectStore, run_id: str, trained: list[int]) -> dict | None:
@@ -240,7 +243,7 @@ def _run_cached(
     return result
 
 
-def _gpu_count(run_config: config.RunConfig) -> int:
+def _gpu_count(run_config: RunConfig) -> int:
     """GPUs the local runner spreads folds over: all visible ones when the device is open."""
     import torch
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.core_logs import core_info_to_run_logs
-from flows.deployment_names import PREDICT_FLOW
-from pneumo_core.champion import champion_run_id
-from pneumo_core.storage import open_store
+from pneumo_core.runs.champion import champion_run_id
+from pneumo_core.storage.open import open_store
+from tasks.deployment_names import PREDICT_FLOW
 from tasks.prediction import predict_images, predict_test_images
 
 

@@ -13,11 +13,12 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pneumo_core import kaggle
-from pneumo_core.config import RunConfig, check_resume, preset
+from pneumo_core.config.run import RunConfig, check_resume, preset
+from pneumo_core.data import kaggle
 from pneumo_core.errors import InputError
-from pneumo_core.run_ids import check_run_id, load_run_config, run_key
-from pneumo_core.storage import TMP_SUFFIX, ObjectStore, open_store
+from pneumo_core.runs.ids import check_run_id, load_run_config, run_key
+from pneumo_core.storage.base import TMP_SUFFIX, ObjectStore
+from pneumo_core.storage.open import open_store
 
 
 def check_run(
@@ -42,7 +43,7 @@ def check_run(
         check_resume(config, run_id, preset_name, overrides)
     check_folds(folds, config.n_folds)
     if fold_runner == "local" and config.device not in ("auto", "cpu"):
-        from pneumo_core.train import resolve_device  # torch: only when there is a GPU to find
+        from pneumo_core.train.fold import resolve_device  # torch: only when there is a GPU to find
 
         resolve_device(config.device)  # a GPU that is not here fails now, not in every fold
     return config

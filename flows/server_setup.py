@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flows.deployment_names import GPU_TRAIN_TAG, GPU_WORK_POOL
+from tasks.deployment_names import GPU_TRAIN_TAG, GPU_WORK_POOL
 
 SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAGGLE_USERNAME", "KAGGLE_KEY")
 """Environment variables stored as Secret blocks."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.core_logs import core_info_to_run_logs
-from flows.deployment_names import TRAIN_FOLD_FLOW
+from tasks.deployment_names import TRAIN_FOLD_FLOW
 from tasks.training import train_fold
 
 

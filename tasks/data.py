@@ -14,8 +14,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from pneumo_core import kaggle, prepare
-from pneumo_core.storage import open_store
+from pneumo_core.data import kaggle, prepare
+from pneumo_core.storage.open import open_store
 from tasks.policy import RETRY_OPTIONS
 
 INGEST_TIMEOUT = timedelta(hours=6).total_seconds()  # the full archive is ~4 GB

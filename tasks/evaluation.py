@@ -17,9 +17,13 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
-from pneumo_core import champion, evaluate, kaggle, links, model_card, report
-from pneumo_core.storage import ObjectStore, open_store
-from pneumo_core.train import load_run_config, run_key
+from pneumo_core.data import kaggle
+from pneumo_core.evaluation import evaluate
+from pneumo_core.reports import model_card, report
+from pneumo_core.runs import champion, links
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import load_run_config, run_key
 from tasks.policy import RETRY_OPTIONS
 
 

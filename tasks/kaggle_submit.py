@@ -9,8 +9,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from pneumo_core import kaggle_submit
-from pneumo_core.storage import open_store
+from pneumo_core.runs import kaggle_submit
+from pneumo_core.storage.open import open_store
 
 ARTIFACT_KEY = "kaggle-submissions"
 

@@ -9,10 +9,12 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact
 
-from pneumo_core import predict, submission
 from pneumo_core.errors import InputError, ObjectNotFound, PneumoError
-from pneumo_core.storage import ObjectStore, open_store
-from pneumo_core.train import load_run_config, run_key
+from pneumo_core.evaluation import submission
+from pneumo_core.model import predict
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import load_run_config, run_key
 from tasks.evaluation import store_link
 from tasks.gpu_jobs import deployment_gpu_jobs
 from tasks.policy import RETRY_OPTIONS

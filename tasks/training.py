@@ -12,12 +12,12 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.deployment_names import GPU_TRAIN_TAG
-from pneumo_core import train
-from pneumo_core.config import RunConfig
+from pneumo_core.config.run import RunConfig
 from pneumo_core.errors import PneumoError
-from pneumo_core.run_ids import key_slug
-from pneumo_core.storage import open_store
+from pneumo_core.runs.ids import key_slug
+from pneumo_core.storage.open import open_store
+from pneumo_core.train import fold as fold_training
+from tasks.deployment_names import GPU_TRAIN_TAG
 from tasks.policy import RETRY_OPTIONS
 from tasks.worker_runs import PICKUP_TIMEOUT_S, ended, run_on_worker
 
@@ -32,8 +32,10 @@ class FoldRunFailed(PneumoError):
 def create_run(storage: str, config: dict[str, Any], run_id: str | None) -> str:
     """A new run (config.json written), or the existing run `run_id` resumed unchanged."""
     store = open_store(storage)
-    run_id = train.create_run(store, RunConfig.from_dict(config), run_id=run_id)
-    get_run_logger().info("run %s: %s", run_id, store.url(train.run_key(run_id, "config.json")))
+    run_id = fold_training.create_run(store, RunConfig.from_dict(config), run_id=run_id)
+    get_run_logger().info(
+        "run %s: %s", run_id, store.url(fold_training.run_key(run_id, "config.json"))
+    )
     return run_id
 
 
@@ -47,7 +49,7 @@ def train_fold(storage: str, run_id: str, fold: int) -> dict:
     """One fold, with its progress as a Prefect progress artifact and log lines per epoch."""
     logger = get_run_logger()
     store = open_store(storage)
-    epochs = train.load_run_config(store, run_id).epochs
+    epochs = fold_training.load_run_config(store, run_id).epochs
     artifact = create_progress_artifact(
         0.0, key=progress_key(run_id, fold), description=f"run {run_id} fold {fold}"
     )
@@ -60,7 +62,7 @@ def train_fold(storage: str, run_id: str, fold: int) -> dict:
         )
         logger.info("fold %d epoch %d/%d: %s", fold, done, epochs, shown)
 
-    result = train.train_fold(store, run_id, fold, on_epoch=on_epoch)
+    result = fold_training.train_fold(store, run_id, fold, on_epoch=on_epoch)
     update_progress_artifact(artifact, 100.0)
     logger.info(
         "fold %d done: %s epochs, best epoch %s, best val mAP %s",

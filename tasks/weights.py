@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from pneumo_core import weights
-from pneumo_core.storage import open_store
+from pneumo_core.model import weights
+from pneumo_core.storage.open import open_store
 from tasks.policy import RETRY_OPTIONS
 
 

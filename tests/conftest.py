@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_core.storage import LocalStore, ObjectStore, S3Store
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.local import LocalStore
+from pneumo_core.storage.s3 import S3Store
 from tests import seaweedfs as seaweedfs_server
 from tests.seaweedfs import S3Server
 
@@ -91,7 +93,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 def cli_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """Like `store`, opened from its URI the way the `pneumo` command opens it (on S3 the
     AWS_* environment of `s3_env`), for tests that pass `store.uri` to a command."""
-    from pneumo_core.storage import open_store
+    from pneumo_core.storage.open import open_store
 
     if request.param == "file":
         return open_store((tmp_path / "store").as_uri())

@@ -22,7 +22,7 @@ SEEDS = range(8)
 
 def samples() -> dict[str, np.ndarray]:
     """Augmented image and boxes for each seed, with every photometric op switched on."""
-    from pneumo_core.augment import AugmentConfig, Augmenter
+    from pneumo_core.data.augment import AugmentConfig, Augmenter
 
     yy, xx = np.mgrid[0:96, 0:96]
     image = (128 + 60 * np.sin(xx / 7.0) * np.cos(yy / 11.0)).astype(np.uint8)

@@ -4,7 +4,7 @@ from the repository root with the project's virtualenv."""
 
 from __future__ import annotations
 
-from flows.deployment_names import GPU_WORK_POOL
+from tasks.deployment_names import GPU_WORK_POOL
 
 SERVER_SETUP = (
     f"python -m flows.server_setup --pool {GPU_WORK_POOL} --type docker"

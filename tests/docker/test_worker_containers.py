@@ -27,7 +27,7 @@ from uuid import UUID
 import httpx
 import pytest
 
-from flows import deployment_names as names
+from tasks import deployment_names as names
 from tests.docker import commands
 from tests.docker.engine import BASE_IMAGE, WORKER_REPOSITORY, Engine
 from tests.integration.conftest import REPO, PrefectServer, log_tail
@@ -252,8 +252,9 @@ def test_folds_train_in_containers_and_a_killed_fold_resumes(
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pneumo_core import submission, synthetic
-    from pneumo_core.storage import S3Store
+    from pneumo_core.data import synthetic
+    from pneumo_core.evaluation import submission
+    from pneumo_core.storage.s3 import S3Store
 
     bucket, prefix = deployed.storage.removeprefix("s3://").split("/", 1)
     store = S3Store(

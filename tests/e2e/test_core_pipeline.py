@@ -23,22 +23,22 @@ import pandas as pd
 import pytest
 import torch
 
-from flows.cli import main
-from pneumo_core import evaluate
-from pneumo_core.errors import InputError
-from pneumo_core.labels import load_targets
-from pneumo_core.metric import image_precision, mean_scored
-from pneumo_core.predict import load_fold_models
-from pneumo_core.storage import open_store
-from pneumo_core.submission import read_submission
-from pneumo_core.synthetic import (
+from flows.cli.main import main
+from pneumo_core.data.labels import load_targets
+from pneumo_core.data.synthetic import (
     SAMPLE_SUBMISSION,
     TEST_IMAGES,
     TRAIN_IMAGES,
     TRAIN_LABELS,
     hidden_truth_path,
 )
-from pneumo_core.train import fold_key, load_checkpoint, load_run_config
+from pneumo_core.errors import InputError
+from pneumo_core.evaluation import evaluate
+from pneumo_core.evaluation.metric import image_precision, mean_scored
+from pneumo_core.evaluation.submission import read_submission
+from pneumo_core.model.predict import load_fold_models
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import fold_key, load_checkpoint, load_run_config
 
 MIN_OOF_MAP = 0.15
 N_TRAIN, N_TEST, PIXELS = 300, 300, 256

@@ -13,12 +13,14 @@ from uuid import UUID
 
 import pytest
 
-from flows.cli import main
+from flows.cli.main import main
 from flows.pipeline import pipeline
 from flows.predict import predict_flow
-from pneumo_core import champion, synthetic
-from pneumo_core.storage import ObjectStore, open_store
-from pneumo_core.submission import check_submission
+from pneumo_core.data import synthetic
+from pneumo_core.evaluation.submission import check_submission
+from pneumo_core.runs import champion
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.open import open_store
 from tasks.training import progress_key
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import synthetic
+from pneumo_core.data import synthetic
 from tests.integration.conftest import descendants
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 LEAVE_A_TEMPORARY = """
 import sys, time
 from pathlib import Path
-from pneumo_core.storage import atomic_path
+from pneumo_core.storage.base import atomic_path
 with atomic_path(Path(sys.argv[1])) as tmp:
     tmp.write_bytes(b"half")
     print("writing", flush=True)

@@ -7,9 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from pneumo_core import kaggle, prepare, synthetic, train
-from pneumo_core.config import preset
-from pneumo_core.storage import open_store
+from pneumo_core.config.run import preset
+from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import create_run, load_checkpoint, train_fold
 
 
 def test_folds_trained_at_once_match_folds_trained_alone(tmp_path):
@@ -22,18 +23,18 @@ def test_folds_trained_at_once_match_folds_trained_alone(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same reduction order on both sides
     try:
-        alone = train.create_run(store, config, "alone")
+        alone = create_run(store, config, "alone")
         for fold in folds:
-            train.train_fold(store, alone, fold)
-        together = train.create_run(store, config, "together")
+            train_fold(store, alone, fold)
+        together = create_run(store, config, "together")
         with ThreadPoolExecutor(config.max_parallel_folds) as pool:
-            list(pool.map(lambda fold: train.train_fold(store, together, fold), folds))
+            list(pool.map(lambda fold: train_fold(store, together, fold), folds))
     finally:
         torch.set_num_threads(threads)
 
     for fold in folds:
         weights = [
-            train.load_checkpoint(store, f"runs/{run}/fold-{fold}/checkpoint-last.pt")["model"]
+            load_checkpoint(store, f"runs/{run}/fold-{fold}/checkpoint-last.pt")["model"]
             for run in (alone, together)
         ]
         assert weights[0].keys() == weights[1].keys()

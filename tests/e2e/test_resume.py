@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import kaggle, prepare, synthetic, train
-from pneumo_core.storage import open_store
+from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import load_checkpoint, train_fold
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 4
@@ -50,7 +51,7 @@ def test_killed_fold_resumes_without_repeating_an_epoch(tmp_path):
     _, first_log = first.communicate(timeout=60)
     assert first.returncode == -signal.SIGKILL
     assert not store.exists(f"runs/{run}/fold-0/done.json")
-    saved = train.load_checkpoint(store, f"runs/{run}/fold-0/checkpoint-last.pt")["epoch"]
+    saved = load_checkpoint(store, f"runs/{run}/fold-0/checkpoint-last.pt")["epoch"]
     assert saved < EPOCHS - 1, "killed too late to test resuming"
     assert set(_trained_epochs(first_log)) <= set(range(saved + 1))
 
@@ -66,5 +67,5 @@ def test_killed_fold_resumes_without_repeating_an_epoch(tmp_path):
 
     # A finished fold is not trained again: the stored result comes straight back.
     started = time.monotonic()
-    assert train.train_fold(store, run, 0) == done
+    assert train_fold(store, run, 0) == done
     assert time.monotonic() - started < 5

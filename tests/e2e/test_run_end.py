@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import pipeline
-from pneumo_core import DEFAULT_DATASET, champion, kaggle, predict, prepare, synthetic
-from pneumo_core.storage import open_store
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.model import predict
+from pneumo_core.runs import champion
+from pneumo_core.storage.open import open_store
 from tests.e2e.test_flows import eventually, latest_pipeline_run, task_runs
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
@@ -86,7 +89,7 @@ def test_bad_test_image_strays_and_failed_predict_still_end_the_run(
     assert store.get_bytes(damaged) == whole and "does not match the sha256" in caplog.text
 
     # Predicting a store prefix reads bytes: the warning names the object, never "<bytes>".
-    caplog.set_level(logging.WARNING, logger="pneumo_core.predict")
+    caplog.set_level(logging.WARNING, logger="pneumo_core.model.predict")
     out = predict.predict_images(
         store, run_id, store.url(f"{RAW}/stage_2_test_images"), tmp_path / "all.csv"
     )

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from flows.pipeline import pipeline
-from pneumo_core import synthetic
-from pneumo_core.links import PUBLIC_ENDPOINT_ENV
-from pneumo_core.storage import open_store
+from pneumo_core.data import synthetic
+from pneumo_core.runs.links import PUBLIC_ENDPOINT_ENV
+from pneumo_core.storage.open import open_store
 from tests.conftest import S3Server
 from tests.e2e.test_flows import N_TEST, N_TRAIN, OVERRIDES, artifacts
 from tests.kaggle_stand_in import KaggleStandIn, kaggle_stand_in_fixture  # noqa: F401

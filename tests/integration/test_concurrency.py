@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import DEFAULT_DATASET, champion, kaggle, synthetic
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import kaggle, synthetic
 from pneumo_core.errors import StorageError
-from pneumo_core.storage import ObjectStore, open_store
+from pneumo_core.runs import champion
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.open import open_store
 
 REPO = Path(__file__).resolve().parents[2]
 SCORES = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)  # one racing process each; 0.9 must win
@@ -93,7 +96,7 @@ def test_conditional_writes_lose_no_update_between_racing_processes(base: str) -
     script = textwrap.dedent(
         """
         import sys, time
-        from pneumo_core.storage import open_store
+        from pneumo_core.storage.open import open_store
         store, start = open_store(sys.argv[1]), float(sys.argv[2])
         store.exists("counter")
         while time.time() < start:
@@ -132,8 +135,8 @@ def test_conditional_writes_lose_no_update_between_racing_processes(base: str) -
 INGESTER = textwrap.dedent(
     """
     import sys, time
-    from pneumo_core import kaggle
-    from pneumo_core.storage import open_store
+    from pneumo_core.data import kaggle
+    from pneumo_core.storage.open import open_store
     source, base, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
     store = open_store(base)
     while time.time() < start:
@@ -182,14 +185,14 @@ def test_a_lock_whose_holder_was_killed_is_taken_over_after_its_lease(
     """A holder SIGKILLed inside the lease blocks others only until the lease runs out.
     The lease (15 s) is long enough that the first check always falls inside it, even on a
     loaded machine (5 s was not: the lease ran out before the check once)."""
-    from pneumo_core.lease import lease
+    from pneumo_core.storage.lease import lease
 
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(
             """
             import sys, time
-            from pneumo_core.lease import lease
-            from pneumo_core.storage import open_store
+            from pneumo_core.storage.lease import lease
+            from pneumo_core.storage.open import open_store
             with lease(open_store(sys.argv[1]), "locks/x.json", "a test holder"):
                 print("held", flush=True)
                 time.sleep(600)

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import DEFAULT_DATASET, champion, kaggle, prepare, synthetic
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import kaggle, prepare, synthetic
 from pneumo_core.errors import TransientStorageError
-from pneumo_core.storage import ObjectStore, S3Store
+from pneumo_core.runs import champion
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.s3 import S3Store
 from tests.seaweedfs import S3Server
 
 PREFIX = prepare.prepared_prefix(DEFAULT_DATASET, 32)
@@ -312,7 +315,7 @@ def test_an_interrupted_kaggle_download_is_never_ingested_and_a_retry_ingests_on
     with zipfile.ZipFile(archive) as zf:
         members = len([i for i in zf.infolist() if not i.is_dir()])
     assert result["members"] == result["uploaded"] == members  # each member written once
-    from pneumo_core.storage import LocalStore
+    from pneumo_core.storage.local import LocalStore
 
     store = LocalStore(store_dir)
     _check_against_manifest(store)
@@ -332,7 +335,7 @@ def test_a_damaged_prepared_object_is_detected_named_and_rebuilt(
 
     [problem] = prepare.cache_problems(store, DEFAULT_DATASET, 32)
     assert store.url(key) in problem and "does not match the sha256" in problem
-    caplog.set_level(logging.WARNING, logger="pneumo_core.prepare")
+    caplog.set_level(logging.WARNING, logger="pneumo_core.data.prepare")
     result = prepare.prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
     assert not result.reused and store.url(key) in caplog.text
     assert store.get_bytes(key) == whole

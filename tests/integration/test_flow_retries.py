@@ -21,9 +21,11 @@ import pytest
 
 from flows.pipeline import pipeline
 from flows.train_fold import train_fold_flow
-from pneumo_core import kaggle, prepare, synthetic, train
-from pneumo_core.config import preset
-from pneumo_core.storage import S3Store, open_store
+from pneumo_core.config.run import preset
+from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.storage.open import open_store
+from pneumo_core.storage.s3 import S3Store
+from pneumo_core.train.fold import create_run
 from tests.seaweedfs import S3Server
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -118,7 +120,7 @@ def s3_run(seaweedfs: S3Server, tmp_path: Path) -> Iterator[tuple[str, str]]:
     config = preset("ci", image_size=64, epochs=1)
     kaggle.ingest(str(data), store, dataset=config.dataset, progress=False)
     prepare.prepare_dataset(store, config.dataset, 64, config.n_folds, config.seed, workers=1)
-    run_id = train.create_run(store, config)
+    run_id = create_run(store, config)
     yield f"s3://{seaweedfs.bucket}/{prefix}", run_id
     store.delete_prefix("")
 

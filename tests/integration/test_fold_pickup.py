@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pneumo_core import synthetic
+from pneumo_core.data import synthetic
 from tasks.training import train_fold_on_worker
 from tasks.worker_runs import NotPickedUp
 from tests.integration.conftest import REPO, PrefectServer, stop_tree

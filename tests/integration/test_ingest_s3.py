@@ -12,11 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_core import DEFAULT_DATASET, synthetic
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import synthetic
+from pneumo_core.data.kaggle import ingest, manifest_key
+from pneumo_core.data.prepare import prepare_dataset, prepared_prefix
 from pneumo_core.errors import InputError, ObjectNotFound
-from pneumo_core.kaggle import ingest, manifest_key
-from pneumo_core.prepare import prepare_dataset, prepared_prefix
-from pneumo_core.storage import LocalStore, ObjectStore, S3Store, open_store
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.local import LocalStore
+from pneumo_core.storage.open import open_store
+from pneumo_core.storage.s3 import S3Store
 
 PREFIX = f"raw/{DEFAULT_DATASET}/"
 

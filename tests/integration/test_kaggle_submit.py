@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from flows.cli import main
-from pneumo_core import DEFAULT_DATASET, kaggle_submit
-from pneumo_core.config import preset
-from pneumo_core.storage import ObjectStore
-from pneumo_core.train import create_run, run_key
+from flows.cli.main import main
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.config.run import preset
+from pneumo_core.runs import kaggle_submit
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.train.fold import create_run, run_key
 from tests.kaggle_stand_in import KaggleStandIn, kaggle_stand_in_fixture  # noqa: F401
 
 TEST_IDS = ["test-a", "test-b", "test-c"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pneumo_core.config import RunConfig
+from pneumo_core.config.run import RunConfig
 from tests.integration.conftest import PrefectServer
 
 GIVEN = {"source": "kaggle://rsna-pneumonia-detection-challenge", "storage": "file:///tmp/x"}

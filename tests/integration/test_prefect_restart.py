@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import synthetic
+from pneumo_core.data import synthetic
 from tests.integration.conftest import REPO, server_settings, start_server, stop_tree
 
 pytestmark = pytest.mark.slow

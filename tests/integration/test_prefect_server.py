@@ -18,8 +18,8 @@ from uuid import UUID
 import pytest
 import yaml
 
-from flows import deployment_names as names
 from flows.server_setup import setup_server
+from tasks import deployment_names as names
 from tests.integration.conftest import REPO, PrefectServer, log_tail
 
 POOL = "pneumo-process"
@@ -198,8 +198,8 @@ def test_pipeline_fans_out_to_train_fold_deployment_runs(
     )
     from prefect.deployments import run_deployment
 
-    from pneumo_core import synthetic
-    from pneumo_core.storage import open_store
+    from pneumo_core.data import synthetic
+    from pneumo_core.storage.open import open_store
 
     storage = f"file://{tmp_path / 'store'}"
     source = synthetic.generate(tmp_path / "source", n_train=24, n_test=4, image_size=64, seed=3)

@@ -8,12 +8,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from flows.cli import main
-from pneumo_core import champion, kaggle_submit
-from pneumo_core.config import preset
-from pneumo_core.links import PUBLIC_ENDPOINT_ENV
-from pneumo_core.storage import ObjectStore
-from pneumo_core.train import create_run, run_key
+from flows.cli.main import main
+from pneumo_core.config.run import preset
+from pneumo_core.runs import champion, kaggle_submit
+from pneumo_core.runs.links import PUBLIC_ENDPOINT_ENV
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.train.fold import create_run, run_key
 from tests.conftest import S3Server
 
 
@@ -137,7 +137,7 @@ def test_compare_shows_differing_fields_and_figures(
 
 
 def test_fresh_links_on_a_file_store(tmp_path, capsys: pytest.CaptureFixture) -> None:
-    from pneumo_core.storage import open_store
+    from pneumo_core.storage.open import open_store
 
     store = open_store(tmp_path / "store")
     make_run(store, OLD, 1, [0.3], 0.3)
@@ -154,7 +154,7 @@ def test_public_links_download_from_the_public_endpoint(
 ) -> None:
     """Workers use the endpoint as configured (127.0.0.1); a browser reaches the same server
     under another name (localhost here, http://HOST:8333 in the compose stack)."""
-    from pneumo_core.storage import open_store
+    from pneumo_core.storage.open import open_store
 
     store = open_store(s3_env)
     make_run(store, OLD, 1, [0.3], 0.3)
@@ -175,8 +175,8 @@ def test_public_links_download_from_the_public_endpoint(
 
 
 def test_report_champion_section_shows_the_comparison(three_runs: ObjectStore) -> None:
-    from pneumo_core.report import render_markdown
-    from pneumo_core.runs import compare_runs
+    from pneumo_core.reports.report import render_markdown
+    from pneumo_core.runs.catalog import compare_runs
 
     decision = champion.Decision(
         True, "better", champion.candidate(NEW, 0.42, "h"), champion.candidate(OLD, 0.31, "h")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import DEFAULT_DATASET, kaggle, synthetic
-from pneumo_core.storage import open_store
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import kaggle, synthetic
+from pneumo_core.storage.open import open_store
 from tests.integration.conftest import REPO, PrefectServer, descendants
 from tests.seaweedfs import S3Server
 

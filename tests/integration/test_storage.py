@@ -23,7 +23,10 @@ import pytest
 from botocore.config import Config
 
 from pneumo_core.errors import InputError, ObjectNotFound, StorageError, TransientStorageError
-from pneumo_core.storage import TMP_SUFFIX, LocalStore, ObjectStore, S3Store, open_store
+from pneumo_core.storage.base import TMP_SUFFIX, ObjectStore
+from pneumo_core.storage.local import LocalStore
+from pneumo_core.storage.open import open_store
+from pneumo_core.storage.s3 import S3Store
 from tests.seaweedfs import S3Server, free_ports
 
 MiB = 1024 * 1024

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.transform import AffineTransform, warp
 
-from pneumo_core.augment import (
+from pneumo_core.data.augment import (
     AugmentConfig,
     Augmenter,
     affine_matrix,

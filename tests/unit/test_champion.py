@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from pneumo_core import champion
 from pneumo_core.errors import InputError
-from pneumo_core.storage import open_store
+from pneumo_core.runs import champion
+from pneumo_core.storage.open import open_store
 
 
 @pytest.fixture

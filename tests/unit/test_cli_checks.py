@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core import synthetic
-from pneumo_core.config import preset
-from pneumo_core.storage import open_store
-from pneumo_core.train import create_run
+from pneumo_core.config.run import preset
+from pneumo_core.data import synthetic
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import create_run
 
 PNEUMO = [sys.executable, "-m", "flows.cli"]
 

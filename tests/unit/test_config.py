@@ -7,8 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from pneumo_core.augment import AugmentConfig
-from pneumo_core.config import PRESETS, RunConfig, parse_overrides, preset
+from pneumo_core.config.run import PRESETS, RunConfig, parse_overrides, preset
+from pneumo_core.data.augment import AugmentConfig
 from pneumo_core.errors import InputError
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from pneumo_core.augment_config import AugmentConfig
-from pneumo_core.config import PRESETS, RunConfig, preset
-from pneumo_core.config_form import RunOverrides
+from pneumo_core.config.form import RunOverrides
+from pneumo_core.config.run import PRESETS, RunConfig, preset
+from pneumo_core.data.augment_config import AugmentConfig
 from pneumo_core.errors import InputError
-from pneumo_core.postprocess import PostprocessConfig
+from pneumo_core.evaluation.postprocess import PostprocessConfig
 
 
 def test_every_field_but_preset_is_an_optional_override() -> None:

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo_core import DEFAULT_DATASET, synthetic
-from pneumo_core.augment import AugmentConfig, Augmenter
-from pneumo_core.data import DetectionDataset, PreparedCache, collate, make_loader
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import synthetic
+from pneumo_core.data.augment import AugmentConfig, Augmenter
+from pneumo_core.data.dataset import DetectionDataset, PreparedCache, collate, make_loader
+from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.labels import CLASSES
+from pneumo_core.data.prepare import prepare_dataset
 from pneumo_core.errors import InputError
-from pneumo_core.kaggle import ingest
-from pneumo_core.labels import CLASSES
-from pneumo_core.prepare import prepare_dataset
-from pneumo_core.storage import LocalStore
+from pneumo_core.storage.local import LocalStore
 
 GEOMETRY_ONLY = AugmentConfig(gamma=0.0, blur_p=0.0, noise_p=0.0, salt_pepper_p=0.0)
 

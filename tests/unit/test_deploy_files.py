@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from flows import deployment_names as names
 from flows.server_setup import (
     SECRET_ENV,
     SETTING_ENV,
@@ -28,6 +27,7 @@ from flows.server_setup import (
     run_env_references,
     secret_block_name,
 )
+from tasks import deployment_names as names
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "deployments" / "prefect.yaml"

@@ -16,7 +16,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from pneumo_core.dicom import DicomError, read_dicom
+from pneumo_core.data.dicom import DicomError, read_dicom
 from pneumo_core.errors import InputError
 
 JPEG_TOLERANCE = 2  # OpenCV's and Pillow's libjpeg builds may round the IDCT differently

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from pneumo_core.errors import InputError
-from pneumo_core.evaluate import evaluate_run
-from pneumo_core.storage import open_store
+from pneumo_core.evaluation.evaluate import evaluate_run
+from pneumo_core.storage.open import open_store
 
 DATASET = "toy"
 SIZE = 256

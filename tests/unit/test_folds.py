@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from pneumo_core.data.folds import make_folds
+from pneumo_core.data.labels import load_labels
 from pneumo_core.errors import InputError
-from pneumo_core.folds import make_folds
-from pneumo_core.labels import load_labels
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pneumo_core import DEFAULT_DATASET, kaggle, prepare, synthetic
-from pneumo_core.dicom import DicomError, read_dicom
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data.dicom import DicomError, read_dicom
 from pneumo_core.errors import InputError
-from pneumo_core.storage import LocalStore
+from pneumo_core.storage.local import LocalStore
 
 ZEROS = 64 << 20  # 64 MiB of zeros deflate to about 64 KB: a ratio near 1000
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from pneumo_core import DEFAULT_DATASET, kaggle, synthetic
+from flows.cli.main import main
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import kaggle, synthetic
+from pneumo_core.data.kaggle import ingest, manifest_key
 from pneumo_core.errors import InputError
-from pneumo_core.kaggle import ingest, manifest_key
-from pneumo_core.storage import LocalStore, ObjectStore
+from pneumo_core.storage.base import ObjectStore
+from pneumo_core.storage.local import LocalStore
 
 PREFIX = f"raw/{DEFAULT_DATASET}/"
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pneumo_core.data.labels import load_labels, load_targets
 from pneumo_core.errors import InputError
-from pneumo_core.labels import load_labels, load_targets
 
 HEADER = "patientId,x,y,width,height,Target\n"
 INFO_HEADER = "patientId,class\n"

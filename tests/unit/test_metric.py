@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pneumo_core.errors import InputError
-from pneumo_core.metric import IOU_THRESHOLDS, ScoreTable, image_precision, iou_xywh, map_score
+from pneumo_core.evaluation.metric import (
+    IOU_THRESHOLDS,
+    ScoreTable,
+    image_precision,
+    iou_xywh,
+    map_score,
+)
 
 EMPTY = np.zeros((0, 4))
 

@@ -9,17 +9,17 @@ import torchvision
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from pneumo_core.config import preset
+from pneumo_core.config.run import preset
 from pneumo_core.errors import InputError
-from pneumo_core.model import (
+from pneumo_core.model.build import (
     MIN_BACKBONE_SHARE,
     FocalClassificationHead,
     build_model,
     detect_batch,
     losses_and_detections,
 )
-from pneumo_core.storage import file_sha256
-from pneumo_core.weights import resolve
+from pneumo_core.model.weights import resolve
+from pneumo_core.storage.base import file_sha256
 
 S = 64
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from pneumo_core.config import preset
+from pneumo_core.config.run import preset
 from pneumo_core.errors import InputError
-from pneumo_core.model_card import CARD_NAME, write_model_card
-from pneumo_core.train import create_run, run_key
+from pneumo_core.reports.model_card import CARD_NAME, write_model_card
+from pneumo_core.train.fold import create_run, run_key
 from tests.conftest import TinyPrepared
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pneumo_core.errors import InputError
-from pneumo_core.postprocess import PostprocessConfig, apply, fuse, shrink_boxes
+from pneumo_core.evaluation.postprocess import PostprocessConfig, apply, fuse, shrink_boxes
 
 BOXES = np.array([[100, 100, 200, 200], [600, 600, 100, 100], [10, 10, 50, 50]], float)
 SCORES = np.array([0.3, 0.9, 0.6])

@@ -12,13 +12,15 @@ import pandas as pd
 import pydicom
 import pytest
 
-from flows.cli import main
-from pneumo_core import DEFAULT_DATASET, synthetic
-from pneumo_core.dicom import read_dicom
+from flows.cli.main import main
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.data import synthetic
+from pneumo_core.data.dicom import read_dicom
+from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.prepare import prepare_dataset, prepared_prefix
 from pneumo_core.errors import InputError
-from pneumo_core.kaggle import ingest
-from pneumo_core.prepare import prepare_dataset, prepared_prefix
-from pneumo_core.storage import TMP_SUFFIX, LocalStore, ObjectStore
+from pneumo_core.storage.base import TMP_SUFFIX, ObjectStore
+from pneumo_core.storage.local import LocalStore
 
 ORIGINAL = 128
 SIZE = 64

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_core import DEFAULT_DATASET, champion, report
-from pneumo_core.postprocess import PostprocessConfig
-from pneumo_core.storage import open_store
+from pneumo_core import DEFAULT_DATASET
+from pneumo_core.evaluation.postprocess import PostprocessConfig
+from pneumo_core.reports import report
+from pneumo_core.runs import champion
+from pneumo_core.storage.open import open_store
 
 SIZE = 64  # cache px; originals are 1024 px, so boxes scale by 1/16
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,7 +145,7 @@ def test_write_report_stores_plots_and_markdown(store):
 
 
 def test_validation_panels_scale_boxes_to_cache_pixels(store):
-    from pneumo_core.data import PreparedCache
+    from pneumo_core.data.dataset import PreparedCache
 
     cache = PreparedCache(store, DEFAULT_DATASET, SIZE)
     oof = pd.read_csv(io.StringIO(store.get_text(f"runs/{RUN}/fold-0/oof_predictions.csv")))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from prefect.types.names import raise_on_name_alphanumeric_dashes_only
 
-from pneumo_core.config import preset
+from pneumo_core.config.run import preset
 from pneumo_core.errors import InputError
-from pneumo_core.run_ids import check_run_id, key_slug
-from pneumo_core.storage import open_store
-from pneumo_core.train import create_run, new_run_id
+from pneumo_core.runs.ids import check_run_id, key_slug
+from pneumo_core.storage.open import open_store
+from pneumo_core.train.fold import create_run, new_run_id
 from tasks.training import progress_key
 
 GOOD = ["Exp_1", "v1.2", "exp-1", "EXP-1", "a", "20261127-101500-a1b2c3", "x" * 64]

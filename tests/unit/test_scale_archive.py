@@ -12,10 +12,10 @@ import pydicom
 import pytest
 
 from bench.scale_archive import write_archive
-from pneumo_core import synthetic
-from pneumo_core.dicom import read_dicom
+from pneumo_core.data import synthetic
+from pneumo_core.data.dicom import read_dicom
+from pneumo_core.data.labels import load_labels
 from pneumo_core.errors import InputError
-from pneumo_core.labels import load_labels
 
 
 def rows(path: Path) -> list[dict[str, str]]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.cli import main
+from flows.cli.main import main
 from pneumo_core.errors import InputError
-from pneumo_core.submission import (
+from pneumo_core.evaluation.submission import (
     check_submission,
     format_prediction_string,
     parse_prediction_string,

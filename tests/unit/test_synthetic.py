@@ -13,11 +13,11 @@ import pydicom
 import pytest
 from pydicom.uid import JPEGBaseline8Bit
 
-from flows.cli import main
-from pneumo_core import synthetic
-from pneumo_core.dicom import read_dicom
+from flows.cli.main import main
+from pneumo_core.data import synthetic
+from pneumo_core.data.dicom import read_dicom
+from pneumo_core.data.synthetic_paint import Painter, Patient, load_backgrounds
 from pneumo_core.errors import InputError
-from pneumo_core.synthetic_paint import Painter, Patient, load_backgrounds
 
 SIZE = 128
 
@@ -229,8 +229,8 @@ def test_hard_without_real_backgrounds_draws_them(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("zipped", [False, True])
 def test_test_images_truth_is_written_beside_the_data_set(tmp_path: Path, zipped: bool) -> None:
-    from pneumo_core.labels import load_targets
-    from pneumo_core.submission import score_submission, write_submission
+    from pneumo_core.data.labels import load_targets
+    from pneumo_core.evaluation.submission import score_submission, write_submission
 
     out = tmp_path / "data"
     synthetic.generate(out, n_train=4, n_test=12, image_size=128, seed=3, zip=zipped)

@@ -13,13 +13,14 @@ import pytest
 import torch
 import torchvision
 
-from flows.cli import main
-from pneumo_core.config import preset
+from flows.cli.main import main
+from pneumo_core.config.run import preset
 from pneumo_core.errors import InputError
-from pneumo_core.model import build_model
-from pneumo_core.storage import LocalStore, file_sha256
-from pneumo_core.train import create_run, fold_key, load_checkpoint, train_fold
-from pneumo_core.weights import fetch, resolve, store_key
+from pneumo_core.model.build import build_model
+from pneumo_core.model.weights import fetch, resolve, store_key
+from pneumo_core.storage.base import file_sha256
+from pneumo_core.storage.local import LocalStore
+from pneumo_core.train.fold import create_run, fold_key, load_checkpoint, train_fold
 
 PUBLISHED = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 

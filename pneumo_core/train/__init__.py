@@ -1,0 +1,1 @@
+"""One fold's training: the epoch loop, validation, checkpoints and resume."""
