@@ -26,12 +26,14 @@ from bench.demo_training import train_folds
 from bench.record import emit
 from bench.timing import best_of_turns
 from pneumo_core.config.run import preset
-from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
 from pneumo_core.evaluation import evaluate
 from pneumo_core.model import predict
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.local import LocalStore
-from pneumo_core.train.fold import create_run
 
 # (batch, under inference_mode): the baseline, predict's setting (16) under both modes, and
 # its neighbours (all five sizes under both modes measured on this CPU: README)
@@ -45,10 +47,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         store = LocalStore(Path(tmp) / "store")
-        source = synthetic.generate(Path(tmp) / "data", 64, args.n_test, image_size=256, seed=1)
-        kaggle.ingest(str(source), store, progress=False)
+        source = generate(Path(tmp) / "data", 64, args.n_test, image_size=256, seed=1)
+        ingest(str(source), store, progress=False)
         config = preset("ci", epochs=2)
-        prepare.prepare_dataset(store, image_size=config.image_size, n_folds=2, workers=1)
+        prepare_dataset(store, image_size=config.image_size, n_folds=2, workers=1)
         run_id = create_run(store, config)
         train_folds(store, run_id, config, share=False)
         evaluate.evaluate_run(store, run_id)  # predict applies its tuned post-processing

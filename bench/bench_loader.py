@@ -37,7 +37,7 @@ from pneumo_core import DEFAULT_DATASET
 from pneumo_core.config.run import preset
 from pneumo_core.data.augment import AugmentConfig, Augmenter, transform_boxes
 from pneumo_core.data.dataset import DetectionDataset, Item, PreparedCache, collate, make_loader
-from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.ingest import ingest
 from pneumo_core.data.prepare import prepare_dataset
 from pneumo_core.storage.local import LocalStore
 

@@ -71,11 +71,12 @@ def main() -> None:
 
 def compare(root: Path, fresh_database: bool, epochs: int | None) -> None:
     from flows.cli.pipeline import DEMO_PIXELS, DEMO_TEST, DEMO_TRAIN
-    from pneumo_core.data import synthetic
+    from pneumo_core.data.synthetic import generate
+    from pneumo_core.layout import TRAIN_LABELS
 
     source = root / "data"
-    if not (source / synthetic.TRAIN_LABELS).exists():
-        synthetic.generate(source, DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS)
+    if not (source / TRAIN_LABELS).exists():
+        generate(source, DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS)
     env = os.environ | {"PREFECT_HOME": str(root / "prefect-home")}
     env.pop("PREFECT_API_URL", None)  # the ephemeral API, as `pneumo demo` on a fresh machine
     first = prefect_run(source, root, env, epochs)[0] if fresh_database else None
@@ -193,13 +194,15 @@ DIRECT = (
 def direct_steps(source: str, uri: str, epochs: int | None) -> dict[str, float]:
     """The pipeline's steps for a new `ci` run as plain core calls, each timed."""
     from pneumo_core.config.run import preset
-    from pneumo_core.data import kaggle, prepare
+    from pneumo_core.data.ingest import ingest
+    from pneumo_core.data.prepare import prepare_dataset
     from pneumo_core.evaluation import evaluate, submission
+    from pneumo_core.layout import manifest_key, run_key
     from pneumo_core.model import predict
     from pneumo_core.reports import model_card, report
     from pneumo_core.runs import champion
+    from pneumo_core.runs.run import create_run
     from pneumo_core.storage.open import open_store
-    from pneumo_core.train.fold import create_run, run_key
 
     seconds: dict[str, float] = {}
 
@@ -212,9 +215,9 @@ def direct_steps(source: str, uri: str, epochs: int | None) -> dict[str, float]:
     store = open_store(uri)
     config = preset("ci", **({"epochs": epochs} if epochs else {}))
     with timed("ingest"):
-        kaggle.ingest(source, store, progress=False)
+        ingest(source, store, progress=False)
     with timed("prepare"):
-        prepare.prepare_dataset(
+        prepare_dataset(
             store, image_size=config.image_size, n_folds=config.n_folds, seed=config.seed,
             progress=False,
         )  # fmt: skip
@@ -230,9 +233,9 @@ def direct_steps(source: str, uri: str, epochs: int | None) -> dict[str, float]:
             raise RuntimeError(f"invalid submission: {problems[:3]}")
         store.put_file(run_key(run_id, "submission.csv"), result.path)
     with timed("promote"):
-        digests = champion.data_digests(store, kaggle.manifest_key(config.dataset))
+        digests = champion.data_digests(store, manifest_key(config.dataset))
         new = champion.candidate(
-            run_id, evaluation["oof_map"], config.config_hash(), *digests, evaluation["protocol"]
+            run_id, evaluation.oof_map, config.config_hash(), *digests, evaluation.protocol
         )
         decision = champion.promote_if_better(store, new)
     with timed("report"):

@@ -3,7 +3,7 @@ pipeline and the bare JPEG decode, then the whole `prepare_dataset` image loop.
 
 Per image, one thread, this process's CPU time, best of --repeat turns:
 
-- ours: `prepare.decode_resized` from the file (validated decode, area resize to 512 px);
+- ours: `decode.decode_resized` from the file (validated decode, area resize to 512 px);
 - baseline: `pydicom.dcmread(...)` + `pixel_array` (the Pillow plugin, pinned as in
   `bench.bench_decode`) + `skimage.transform.resize` (anti-aliased) to 512 px, as uint8;
 - limit: the JPEG frame (taken out of the DICOM beforehand) decoded by OpenCV, no resize.
@@ -29,8 +29,9 @@ from skimage.transform import resize
 from bench.bench_decode import BASELINE_PLUGIN, bare_jpeg, jpeg_frame, pydicom_default
 from bench.record import emit
 from bench.timing import best_of_turns, synthetic_dicoms
-from pneumo_core.data.kaggle import ingest
-from pneumo_core.data.prepare import decode_resized, prepare_dataset
+from pneumo_core.data.decode import decode_resized
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
 from pneumo_core.storage.local import LocalStore
 
 SIZE = 512

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from bench.record import emit
 from pneumo_core.config.run import preset
+from pneumo_core.layout import run_key
 from pneumo_core.runs.catalog import list_runs
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.local import LocalStore
 from pneumo_core.storage.s3 import S3Store
-from pneumo_core.train.fold import create_run, run_key
 
 SUBMISSION = "patientId,PredictionString\n" + "".join(
     f"{uuid.UUID(int=i)},0.9 10 20 30 40\n" for i in range(3000)

@@ -7,7 +7,7 @@ takes a while). Steps, each figure recorded by `bench.record.emit`:
    (`bench.scale_archive`, a few dozen painted JPEG payloads under new ids); its time.
 2. SeaweedFS (`weed mini`, started as the tests start it). Ingest a subset (--small images)
    with one upload at a time (the baseline) and right after with the bounded pool
-   (`kaggle.UPLOAD_WORKERS`), then the whole archive, then the whole archive again
+   (`ingest.UPLOAD_WORKERS`), then the whole archive, then the whole archive again
    unchanged: objects/s, MB/s, and the HEAD and PUT requests each sent (counted on the
    store's boto3 client).
 3. `prepare_dataset` at 512 px from the S3 store, each in a fresh process measured with its
@@ -43,8 +43,17 @@ from bench.bench_prepare import cpu_seconds
 from bench.record import emit
 from bench.scale_archive import write_archive
 from bench.tree_memory import run_measured
-from pneumo_core.data import kaggle, synthetic
-from pneumo_core.data.prepare import SPLITS, available_cores, prepare_dataset, prepared_prefix
+from pneumo_core.data import ingest
+from pneumo_core.data.decode import available_cores
+from pneumo_core.data.prepare import SPLITS, prepare_dataset
+from pneumo_core.layout import (
+    CLASS_INFO,
+    SAMPLE_SUBMISSION,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    prepared_prefix,
+)
 from pneumo_core.storage.s3 import S3Store
 from tests import seaweedfs
 
@@ -113,7 +122,7 @@ def main() -> None:
                 measure_ingest(store_args.open(), archive, subset)
             else:
                 for source, dataset in ((subset, "small"), (archive, "full")):
-                    kaggle.ingest(str(source), store_args.open(), dataset, progress=False)
+                    ingest.ingest(str(source), store_args.open(), dataset, progress=False)
             if "prepare" in args.measure:
                 measure_prepare(store_args)
             if "loader" in args.measure:
@@ -153,12 +162,12 @@ def generate(folder: Path, n_train: int, n_test: int, record: bool) -> Path:
 
 def link_subset(archive: Path, folder: Path, n_train: int, n_images: int) -> Path:
     """The first images of each split, hard-linked (no copy), with the archive's tables."""
-    counts = {synthetic.TRAIN_IMAGES: n_train, synthetic.TEST_IMAGES: n_images - n_train}
+    counts = {TRAIN_IMAGES: n_train, TEST_IMAGES: n_images - n_train}
     for name, count in counts.items():
         (folder / name).mkdir(parents=True)
         for path in sorted((archive / name).glob("*.dcm"))[:count]:
             os.link(path, folder / name / path.name)
-    for name in (synthetic.TRAIN_LABELS, synthetic.CLASS_INFO, synthetic.SAMPLE_SUBMISSION):
+    for name in (TRAIN_LABELS, CLASS_INFO, SAMPLE_SUBMISSION):
         os.link(archive / name, folder / name)
     return folder
 
@@ -175,19 +184,19 @@ def measure_ingest(store: S3Store, archive: Path, subset: Path) -> None:
     for operation in requests:  # the store's one client; its pool threads share it
         store._client.meta.events.register(f"before-call.s3.{operation}", count)
 
-    def run(source: Path, dataset: str, workers: int) -> tuple[kaggle.IngestResult, float, str]:
+    def run(source: Path, dataset: str, workers: int) -> tuple[ingest.IngestResult, float, str]:
         requests.update(dict.fromkeys(requests, 0))
-        kaggle.UPLOAD_WORKERS, default = workers, kaggle.UPLOAD_WORKERS
+        ingest.UPLOAD_WORKERS, default = workers, ingest.UPLOAD_WORKERS
         try:
             started = time.perf_counter()
-            result = kaggle.ingest(str(source), store, dataset, progress=False)
+            result = ingest.ingest(str(source), store, dataset, progress=False)
             seconds = time.perf_counter() - started
         finally:
-            kaggle.UPLOAD_WORKERS = default
+            ingest.UPLOAD_WORKERS = default
         sent = f"{requests['HeadObject']:,} HEAD and {requests['PutObject']:,} PUT requests"
         return result, seconds, sent
 
-    workers = kaggle.UPLOAD_WORKERS
+    workers = ingest.UPLOAD_WORKERS
     one, one_s, _ = run(subset, "small-one-at-a-time", 1)
     pool, pool_s, _ = run(subset, "small", workers)  # right after: the same load, mostly
     first, first_s, first_sent = run(archive, "full", workers)
@@ -330,7 +339,7 @@ def measure_loader(store_args: StoreArgs, archive: Path, baseline_images: int) -
     n = available_cores()
     PreparedCache(store_args.open(), "full", SIZE).images("train")  # the download, untimed
     ours, use = run_measured(loader_epoch, store_args, n)
-    folder = str(archive / synthetic.TRAIN_IMAGES)
+    folder = str(archive / TRAIN_IMAGES)
     seed, seed_use = run_measured(seed_style_epoch, store_args, folder, baseline_images, n)
     per_cpu = ours["images"] / ours["cpu_s"]
     seed_per_cpu = seed["images"] / seed["cpu_s"]

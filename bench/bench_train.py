@@ -31,11 +31,12 @@ from pneumo_core import DEFAULT_DATASET
 from pneumo_core.config.run import RunConfig, preset
 from pneumo_core.data.augment import Augmenter
 from pneumo_core.data.dataset import DetectionDataset, PreparedCache, make_loader
-from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.ingest import ingest
 from pneumo_core.data.prepare import prepare_dataset
 from pneumo_core.model.build import build_model
+from pneumo_core.model.detector import training_losses
 from pneumo_core.storage.local import LocalStore
-from pneumo_core.train.fold import _amp_dtype, _optimizer
+from pneumo_core.train.optim import amp_dtype, create_optimizer
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 
@@ -45,13 +46,13 @@ def step_fn(config: RunConfig, batches: Callable[[], Batch]) -> Callable[[], Non
     torch.manual_seed(0)
     model, _ = build_model(config)
     model.train()
-    optimizer = _optimizer(model, config)
-    amp = _amp_dtype(config, torch.device("cpu"))
+    optimizer = create_optimizer(model, config)
+    amp = amp_dtype(config, torch.device("cpu"))
 
     def step() -> None:
         images, targets = batches()
         with torch.autocast("cpu", dtype=amp) if amp else nullcontext():
-            losses = model(images, targets)
+            losses = training_losses(model, images, targets)
         loss = losses["classification"] + losses["bbox_regression"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -118,7 +119,7 @@ def main() -> None:
                 "images/s",
                 baseline=seed.batch_size / seconds["baseline"],
                 limit=ours.batch_size / seconds["limit"],
-                note=f"batch {ours.batch_size}, amp {_amp_dtype(ours, torch.device('cpu'))}; "
+                note=f"batch {ours.batch_size}, amp {amp_dtype(ours, torch.device('cpu'))}; "
                 "baseline: the seed's settings (float32, batch 6, Adam, its head and loss) on "
                 "the same backbone and size, data in memory; limit: our step with data in "
                 "memory; CPU time of one thread",

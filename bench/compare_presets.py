@@ -28,13 +28,16 @@ from typing import Any
 
 from bench.demo_training import train_folds
 from pneumo_core.config.run import RunConfig, parse_overrides, preset
-from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate, hidden_truth_path
 from pneumo_core.evaluation import evaluate
 from pneumo_core.evaluation.submission import score_submission
+from pneumo_core.layout import TRAIN_LABELS, fold_key
 from pneumo_core.model import predict
 from pneumo_core.reports import report
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import create_run, fold_key
 
 # "Naive": small backbone from random weights, plain Adam at its default rate, flips only,
 # no warm-up, schedule, clipping, TTA, box fusion or shrinking. Its score threshold and max
@@ -139,14 +142,14 @@ def _dataset(args: argparse.Namespace, difficulty: str, seed: int) -> tuple[Path
     real = "-real" if args.backgrounds and difficulty == "hard" else ""
     name = f"{difficulty}{real}-n{args.n_train}-t{args.n_test}-px{args.dicom_size}-seed{seed}"
     source = args.out / name / "data" / "source"  # the hidden test truth goes beside it
-    if not (source / synthetic.TRAIN_LABELS).exists():
-        synthetic.generate(
+    if not (source / TRAIN_LABELS).exists():
+        generate(
             source, args.n_train, args.n_test, args.dicom_size, seed=seed, difficulty=difficulty,
             backgrounds=args.backgrounds if difficulty == "hard" else None,
         )  # fmt: skip
     store = open_store(str(args.out / name / "store"))
-    kaggle.ingest(str(source), store, progress=False)
-    prepare.prepare_dataset(store, image_size=args.image_size, n_folds=args.folds, workers=1)
+    ingest(str(source), store, progress=False)
+    prepare_dataset(store, image_size=args.image_size, n_folds=args.folds, workers=1)
     return source, store
 
 
@@ -158,7 +161,7 @@ def _train_and_score(
     folds = train_folds(store, run_id, config)
     result = evaluate.evaluate_run(store, run_id)
     submission = source.parent / f"{run_id}-submission.csv"
-    truth = synthetic.hidden_truth_path(source)
+    truth = hidden_truth_path(source)
     predict.predict_test_set(store, run_id, submission)
     test = score_submission(truth, submission)
     # Each fold's model alone on the test images: what the out-of-fold figure estimates (each
@@ -168,7 +171,7 @@ def _train_and_score(
         one = source.parent / f"{run_id}-fold-{fold}-submission.csv"
         predict.predict_test_set(store, run_id, one, folds=[fold])
         alone.append(score_submission(truth, one)["map"])
-    flags = report.flag_weak_folds([{"best_val_map": f["best_val_map"]} for f in folds])
+    flags = report.flag_weak_folds([{"best_val_map": f.best_val_map} for f in folds])
     # Training time from the metrics, so a re-run that reuses finished folds reports it too.
     seconds = sum(
         json.loads(line)["train_seconds"]
@@ -179,21 +182,21 @@ def _train_and_score(
         "recipe": name,
         "data": difficulty,
         "preset": config.preset,
-        "oof_map": result["oof_map"],  # cross-fitted post-processing
-        "oof_map_se": result.get("oof_map_se"),
-        "oof_map_in_sample": result["oof_map_in_sample"],
+        "oof_map": result.oof_map,  # cross-fitted post-processing
+        "oof_map_se": result.oof_map_se,
+        "oof_map_in_sample": result.oof_map_in_sample,
         "test_map": test["map"],
         "test_map_per_fold_model": alone,
         # What the recipe's predictions would score at their best threshold, tuned or not.
         "oof_map_any_threshold": max(
-            (c["map"] for c in result["curve"] if c["map"] is not None), default=None
+            (c.map for c in result.curve if c.map is not None), default=None
         ),
-        "per_fold": [f["map"] for f in result["per_fold"]],
-        "best_val_map": [round(f["best_val_map"], 4) for f in folds],
+        "per_fold": [f.map for f in result.per_fold],
+        "best_val_map": [round(f.best_val_map, 4) for f in folds],
         "weak_folds": [k for k, row in enumerate(flags) if row["flag"]],
-        "threshold": result["threshold"],
-        "has_box_precision": result["has_box"]["precision"],
-        "has_box_recall": result["has_box"]["recall"],
+        "threshold": result.threshold,
+        "has_box_precision": result.has_box["precision"],
+        "has_box_recall": result.has_box["recall"],
         "train_minutes": round(seconds / 60, 1),
         "run": store.url(f"runs/{run_id}/config.json").rsplit("/", 1)[0],
     }

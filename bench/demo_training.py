@@ -27,11 +27,16 @@ import torch
 from bench.record import emit
 from flows.cli.pipeline import DEMO_PIXELS, DEMO_TEST, DEMO_TRAIN
 from pneumo_core.config.run import RunConfig, preset
-from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
 from pneumo_core.evaluation import evaluate
+from pneumo_core.layout import TRAIN_LABELS
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import cpu_shared_by, create_run, train_fold
+from pneumo_core.train.device import cpu_shared_by
+from pneumo_core.train.fold import train_fold
 
 # name -> (torch threads or None for the machine's default, config overrides).
 # "before": the ci preset's training as `pneumo demo` ran it until this change (one fold at a
@@ -72,7 +77,7 @@ def main() -> None:
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             result = evaluate.evaluate_run(store, run_id)
             seconds[name].append(elapsed)
-            images = sum(d["n_train"] for d in done) * config.epochs
+            images = sum(d.n_train for d in done) * config.epochs
             emit(
                 f"demo training phase, {name}",
                 elapsed,
@@ -80,12 +85,12 @@ def main() -> None:
                 higher_is_better=False,
                 note=json.dumps({"threads": threads or "default", **overrides}),
                 data_seed=seed,
-                oof_map=result["oof_map"],
+                oof_map=result.oof_map,
                 oof_map_se=result.get("oof_map_se"),
                 oof_map_in_sample=result.get("oof_map_in_sample"),
                 cpu_seconds=round(cpu, 1),
                 train_images_per_s=round(images / elapsed, 2),
-                validated_epochs=[d.get("validated_epochs") for d in done],
+                validated_epochs=[d.validated_epochs for d in done],
             )
     first, second, *_ = (*seconds, None)
     if second:
@@ -112,11 +117,11 @@ def train_folds(store: ObjectStore, run_id: str, config: RunConfig, share: bool 
 def _demo_store(root: Path, seed: int):
     """The demo's dataset for one data seed, ingested and prepared once (re-runs reuse it)."""
     source = root / "data"
-    if not (source / synthetic.TRAIN_LABELS).exists():
-        synthetic.generate(source, DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS, seed=seed)
+    if not (source / TRAIN_LABELS).exists():
+        generate(source, DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS, seed=seed)
     store = open_store((root / "store").as_uri())
-    kaggle.ingest(str(source), store, progress=False)
-    prepare.prepare_dataset(store, image_size=preset("ci").image_size, n_folds=2, workers=1)
+    ingest(str(source), store, progress=False)
+    prepare_dataset(store, image_size=preset("ci").image_size, n_folds=2, workers=1)
     return store
 
 

@@ -49,25 +49,30 @@ import torch
 from bench import record
 from pneumo_core import DEFAULT_DATASET
 from pneumo_core.config.run import RunConfig, preset
-from pneumo_core.data import synthetic
 from pneumo_core.data.dataset import DetectionDataset, PreparedCache, collate
-from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.ingest import ingest
 from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
+from pneumo_core.layout import fold_key
 from pneumo_core.model.build import build_model, detect_batch
+from pneumo_core.model.detector import training_losses
 from pneumo_core.model.predict import load_fold_models
-from pneumo_core.runs.ids import create_run, fold_key
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.open import open_store
-from pneumo_core.train import fold as fold_training
-from pneumo_core.train.fold import _optimizer, load_checkpoint, train_fold
+from pneumo_core.train import device as train_device
+from pneumo_core.train import engine as train_engine
+from pneumo_core.train.checkpoint import load_checkpoint
+from pneumo_core.train.fold import train_fold
+from pneumo_core.train.optim import create_optimizer
 
 # Kaggle's stage 2: 26,684 training images (3/4 train a fold, 1/4 validate it), 3,000 test.
 REAL_TRAIN, REAL_TEST = 26_684, 3_000
 FP32 = {"amp": False, "channels_last": False}
 BF16 = {"amp": True, "channels_last": False}
 BF16_CL = {"amp": True, "channels_last": True}
-# name: (configuration overrides, pneumo_core.train module settings); the first is the
-# default recipe's CUDA setting, each other row changes one thing against it
+# name: (configuration overrides, pneumo_core.train module settings, see SETTING_OWNERS); the
+# first is the default recipe's CUDA setting, each other row changes one thing against it
 ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fp32": (FP32, {}),
     "fp32, host reads losses every step": (FP32, {"SYNC_EVERY": 1}),
@@ -77,6 +82,8 @@ ROWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "bf16+channels-last": (BF16_CL, {}),
     "fp32, batch 16": (FP32 | {"batch_size": 16}, {}),
 }
+# The pneumo_core.train module that owns (and reads) each setting a row may change.
+SETTING_OWNERS = {"SYNC_EVERY": train_engine, "CUDNN_BENCHMARK": train_device}
 RESUME_ROW = "fp32"  # the setting the resume check trains with
 INFERENCE_BATCHES = (1, 4, 8, 16, 32)
 
@@ -165,7 +172,7 @@ def section(name: str, run: Callable[[], Any]) -> Any:
 
 def make_data(root: Path, n_train: int, size: int) -> ObjectStore:
     began = time.monotonic()
-    source = synthetic.generate(root / "source", n_train=n_train, n_test=16, image_size=1024)
+    source = generate(root / "source", n_train=n_train, n_test=16, image_size=1024)
     generated = time.monotonic()
     store = open_store(str(root / "store"))
     ingest(str(source), store, progress=False)
@@ -204,7 +211,7 @@ def precision(store: ObjectStore, base: RunConfig, device: torch.device) -> None
             copy.to(memory_format=torch.channels_last)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
         with autocast:
-            losses = copy(images, targets)
+            losses = training_losses(copy, images, targets)
         loss = sum(losses.values())
         loss.backward()
         grads = [p.grad.flatten().double() for p in copy.parameters() if p.grad is not None]
@@ -246,7 +253,7 @@ def step_anatomy(store: ObjectStore, base: RunConfig, device: torch.device) -> N
     images, targets = _fixed_batch(store, base, device)
     for name, amp in (("fp32", False), ("bf16", True)):
         model = _random_model(base, device)
-        optimizer = _optimizer(model, base)
+        optimizer = create_optimizer(model, base)
 
         for repeat in (3, 10):  # warm-up, then the unprofiled wall time
             began = time.monotonic()
@@ -274,7 +281,7 @@ def training_step(model, optimizer, images, targets, amp: bool, device: torch.de
     """One optimiser step as train.py takes it, without the loader and the loss reads."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
     with autocast:
-        loss = sum(model(images, targets).values())
+        loss = sum(training_losses(model, images, targets).values())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -307,7 +314,7 @@ def train_setting(store: ObjectStore, config: RunConfig, name: str) -> dict[str,
         "peak_gib": max(r.get("gpu_peak_memory_gib", 0.0) for r in history),
         "warmup_s": history[0]["train_seconds"] - epoch_s,
         "wall_s": wall,
-        "steps": done["n_train"] // config.batch_size * config.epochs,
+        "steps": done.n_train // config.batch_size * config.epochs,
         "history": history,
     }
     emit(
@@ -342,15 +349,16 @@ def training_rows(
 
 @contextmanager
 def module_settings(settings: dict[str, Any]) -> Iterator[None]:
-    """pneumo_core.train's execution constants set for one row, restored after it."""
-    saved = {k: getattr(fold_training, k) for k in settings}
+    """pneumo_core.train's execution constants set for one row, restored after it: each on
+    the module that owns it and reads it at run time."""
+    saved = {k: getattr(SETTING_OWNERS[k], k) for k in settings}
     for key, value in settings.items():
-        setattr(fold_training, key, value)
+        setattr(SETTING_OWNERS[key], key, value)
     try:
         yield
     finally:
         for key, value in saved.items():
-            setattr(fold_training, key, value)
+            setattr(SETTING_OWNERS[key], key, value)
 
 
 def best_execution_row(rows: dict[str, dict]) -> str:

@@ -21,8 +21,15 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from pneumo_core.data import synthetic
+from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import InputError
+from pneumo_core.layout import (
+    CLASS_INFO,
+    SAMPLE_SUBMISSION,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+)
 
 TEMPLATES = 32  # with the competition's class shares, about 7 of them have boxes
 
@@ -38,7 +45,7 @@ def write_archive(
         raise InputError(f"{out} is not empty; choose an empty folder")
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="scale-templates-") as tmp:
-        source = synthetic.generate(  # a folder inside tmp: the hidden truth goes beside it
+        source = generate(  # a folder inside tmp: the hidden truth goes beside it
             Path(tmp) / "templates",
             n_train=templates,
             n_test=0,
@@ -46,16 +53,16 @@ def write_archive(
             seed=seed,
             difficulty="hard",
         )
-        folder = source / synthetic.TRAIN_IMAGES
+        folder = source / TRAIN_IMAGES
         ids = sorted(p.stem for p in folder.glob("*.dcm"))
         dicoms = [pydicom.dcmread(folder / f"{pid}.dcm") for pid in ids]
-        labels = _rows_by_patient(source / synthetic.TRAIN_LABELS)
-        classes = _rows_by_patient(source / synthetic.CLASS_INFO)
+        labels = _rows_by_patient(source / TRAIN_LABELS)
+        classes = _rows_by_patient(source / CLASS_INFO)
     label_rows = [["patientId", "x", "y", "width", "height", "Target"]]
     class_rows = [["patientId", "class"]]
     submission = [["patientId", "PredictionString"]]
     for split, n in (("train", n_train), ("test", n_test)):
-        images = out / (synthetic.TRAIN_IMAGES if split == "train" else synthetic.TEST_IMAGES)
+        images = out / (TRAIN_IMAGES if split == "train" else TEST_IMAGES)
         images.mkdir()
         for index in range(n):
             patient_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
@@ -67,9 +74,9 @@ def write_archive(
             else:
                 submission.append([patient_id, "0.5 0 0 100 100"])
     for name, rows in (
-        (synthetic.TRAIN_LABELS, label_rows),
-        (synthetic.CLASS_INFO, class_rows),
-        (synthetic.SAMPLE_SUBMISSION, submission),
+        (TRAIN_LABELS, label_rows),
+        (CLASS_INFO, class_rows),
+        (SAMPLE_SUBMISSION, submission),
     ):
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows(rows)

@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pneumo_core.data import synthetic
+from pneumo_core.data.synthetic import generate
+from pneumo_core.layout import TRAIN_IMAGES
 
 
 def best_of_turns(
@@ -35,5 +36,5 @@ def best_of_turns(
 
 def synthetic_dicoms(root: Path, n: int, size: int, seed: int = 0) -> Path:
     """`n` Kaggle-shaped JPEG-Baseline DICOMs of `size` px; returns their folder."""
-    source = synthetic.generate(root / "source", n_train=n, n_test=0, image_size=size, seed=seed)
-    return source / synthetic.TRAIN_IMAGES
+    source = generate(root / "source", n_train=n, n_test=0, image_size=size, seed=seed)
+    return source / TRAIN_IMAGES

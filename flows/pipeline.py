@@ -12,25 +12,29 @@ import itertools
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.futures import wait
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
 
 from flows.core_logs import core_info_to_run_logs
 from flows.preflight import check_folds
 from flows.train_fold import train_fold_flow
 from pneumo_core.config.form import RunOverrides
 from pneumo_core.config.run import RunConfig, check_resume
-from pneumo_core.data import kaggle, prepare
+from pneumo_core.data.prepare import cache_problems
 from pneumo_core.errors import InputError, PneumoError
+from pneumo_core.layout import SUMMARY, check_run_id, manifest_key, prepared_key
 from pneumo_core.runs import champion
-from pneumo_core.runs.ids import check_run_id
+from pneumo_core.runs.records import Evaluation, TestPrediction
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import cpu_shared_by, load_run_config, run_key
+from pneumo_core.train.device import cpu_shared_by
 from tasks.data import ingest, prepare_dataset, source_fingerprint
 from tasks.deployment_names import PIPELINE_FLOW, PREDICT_DEPLOYMENT, TRAIN_FOLD_DEPLOYMENT
 from tasks.evaluation import evaluate_run, promote, write_report
@@ -67,6 +71,20 @@ def train_fold_here(storage: str, run_id: str, fold: int, gpus: int) -> dict:
         return train_fold_flow(run_id=run_id, fold=fold, storage=storage)
 
 
+class PipelineResult(BaseModel):
+    """Where a finished run's outputs are: what `pneumo run` prints and the flow returns."""
+
+    run_id: str
+    oof_map: float | None
+    threshold: float | None
+    submission: str | None
+    promoted: bool
+    promotion: str
+    report: str
+    plots: list[str]
+    kaggle: dict[str, Any] | None = None  # the Kaggle submission's record, when submitted
+
+
 @flow(name=PIPELINE_FLOW, log_prints=True)
 def pipeline(
     source: str,
@@ -83,14 +101,13 @@ def pipeline(
     gpus_per_worker: int = 1,
     fold_pickup_timeout_s: float = PICKUP_TIMEOUT_S,
     submit: bool = False,
-) -> dict[str, Any]:
+) -> PipelineResult:
     """Train and evaluate one run end to end; returns where its outputs are.
 
     `overrides` are typed and ranged (a form in the UI); an empty field keeps the preset's
     value. `run_id` names an existing run to resume (its stored configuration wins) or a new
-    one;
-    `folds` limits training to some folds (None: all); `max_parallel_folds` caps the local
-    runner (None: one per GPU, else the configuration's value, 1 on CPU);
+    one; `folds` limits training to some folds (None: all); `max_parallel_folds` caps the
+    local runner (None: one per GPU, else the configuration's value, 1 on CPU);
     `gpus_per_worker` is N of the deployment runner: fold k gets GPU k mod N of its Docker
     worker's host (0: no GPU), and the test images are predicted by a `predict_deployment`
     run on GPU 0; a deployment run that no worker starts within `fold_pickup_timeout_s` is
@@ -98,7 +115,6 @@ def pipeline(
     `submit` sends the submission to Kaggle when the run becomes the champion.
     """
     core_info_to_run_logs()
-    logger = get_run_logger()
     if run_id is not None:
         check_run_id(run_id)  # before any work: a bad id must not leave a half-made run behind
     store = open_store(storage)
@@ -107,17 +123,36 @@ def pipeline(
     chosen = check_folds(folds, run_config.n_folds)  # bad input fails before any work
     if fold_runner not in ("local", "deployment"):
         raise InputError(f"fold_runner {fold_runner!r}: choose local or deployment")
-    dataset = run_config.dataset
-    uri = store.uri
+    digest = _ingest_and_prepare(store, source, run_config)
+    run_id = create_run(store.uri, run_config.to_dict(), run_id, source, digest)
+    if fold_runner == "deployment":
+        _train_on_workers(
+            fold_deployment, store.uri, run_id, chosen, gpus_per_worker, fold_pickup_timeout_s
+        )
+        predict = partial(
+            predict_test_images_on_worker, predict_deployment, store.uri, run_id,
+            gpus_per_worker, fold_pickup_timeout_s, return_state=True,
+        )  # fmt: skip
+    else:
+        gpus = _gpu_count(run_config)
+        parallel = max_parallel_folds or (gpus if gpus > 1 else run_config.max_parallel_folds)
+        _train_here(store.uri, run_id, chosen, parallel, gpus if parallel > 1 else 0)
+        predict = partial(predict_test_images, store.uri, run_id, return_state=True)
+    return _evaluate_and_report(Run(store, run_id), run_config, predict, promotion_margin, submit)
+
+
+def _ingest_and_prepare(store: ObjectStore, source: str, run_config: RunConfig) -> str:
+    """The pretrained weights (first: no work lost offline), the dataset and its prepared
+    cache in the store; returns the ingested manifest's digest."""
+    dataset, uri = run_config.dataset, store.uri
     storage_block = result_storage(uri)
     cached = {"result_storage": storage_block} if storage_block is not None else {}
-
     if run_config.pretrained and not run_config.weights_path:
-        ensure_pretrained_weights(uri, run_config.backbone)  # first: no work lost offline
+        ensure_pretrained_weights(uri, run_config.backbone)
     ingested = _run_cached(
         ingest.with_options(**cached),
         store,
-        kaggle.manifest_key(dataset),
+        manifest_key(dataset),
         source=source,
         storage=uri,
         dataset=dataset,
@@ -126,8 +161,8 @@ def pipeline(
     _run_cached(
         prepare_dataset.with_options(**cached),
         store,
-        f"prepared/{dataset}/{run_config.image_size}/summary.json",
-        check=lambda: prepare.cache_problems(store, dataset, run_config.image_size),
+        prepared_key(dataset, run_config.image_size, SUMMARY),
+        check=lambda: cache_problems(store, dataset, run_config.image_size),
         storage=uri,
         dataset=dataset,
         digest=ingested["digest"],
@@ -135,56 +170,47 @@ def pipeline(
         n_folds=run_config.n_folds,
         seed=run_config.seed,
     )
-    run_id = create_run(uri, run_config.to_dict(), run_id)
-    if fold_runner == "deployment":
-        _train_on_workers(
-            fold_deployment, uri, run_id, chosen, gpus_per_worker, fold_pickup_timeout_s
-        )
-    else:
-        gpus = _gpu_count(run_config)
-        parallel = max_parallel_folds or (gpus if gpus > 1 else run_config.max_parallel_folds)
-        _train_here(uri, run_id, chosen, parallel, gpus if parallel > 1 else 0)
+    return ingested["digest"]
 
-    trained = [
-        f for f in range(run_config.n_folds) if store.exists(run_key(run_id, f"fold-{f}/done.json"))
-    ]
-    evaluation = _stored_evaluation(store, run_id, trained) or evaluate_run(uri, run_id)
+
+def _evaluate_and_report(
+    run: Run, run_config: RunConfig, predict: Callable[[], State], margin: float, submit: bool
+) -> PipelineResult:
+    """Evaluation, the test-set submission (`predict`: the prediction task, here or on a
+    worker; it applies the tuned post-processing), the promotion decision and the report,
+    then the Kaggle submission of a new champion."""
+    logger, uri, run_id = get_run_logger(), run.store.uri, run.run_id
+    trained = [f for f in range(run_config.n_folds) if run.fold_done(f)]
+    evaluation = _stored_evaluation(run, trained) or evaluate_run(uri, run_id)
     # A failed prediction must not cost the trained run its evaluation, decision and report:
     # it is recorded, and raised once everything else is stored (a resume redoes only it).
-    if fold_runner == "deployment":
-        predicted = predict_test_images_on_worker(
-            predict_deployment, uri, run_id, gpus_per_worker, fold_pickup_timeout_s,
-            return_state=True,
-        )  # fmt: skip
-    else:
-        predicted = predict_test_images(uri, run_id, return_state=True)
-    prediction = _prediction_outcome(predicted)
+    prediction = _prediction_outcome(predict())
     decision = None
     if len(trained) == run_config.n_folds:
-        decision = promote(uri, run_id, evaluation["oof_map"], promotion_margin)
+        decision = promote(uri, run_id, evaluation.oof_map, margin)
     else:
         logger.info("no promotion decision: folds %s of %d trained", trained, run_config.n_folds)
-    outputs = write_report(uri, run_id, evaluation, trained, decision, prediction)
-    if "error" in prediction:
+    files = write_report(uri, run_id, evaluation, trained, decision, prediction)
+    if prediction.error:
         raise PneumoError(
-            f"run {run_id}: the last step, predict-test-images, failed: {prediction['error']} "
+            f"run {run_id}: the last step, predict-test-images, failed: {prediction.error} "
             "(evaluation, promotion decision and report are stored; resuming with this run id "
             "redoes only this step)"
         )
-    summary = {
-        "run_id": run_id,
-        "oof_map": evaluation["oof_map"],
-        "threshold": evaluation["threshold"],
-        "submission": prediction["submission"],
-        "promoted": bool(decision and decision.promoted),
-        "promotion": decision.reason if decision else "not decided: not every fold trained",
-        **outputs,
-        "kaggle": None,
-    }
+    result = PipelineResult(
+        run_id=run_id,
+        oof_map=evaluation.oof_map,
+        threshold=evaluation.threshold,
+        submission=prediction.submission,
+        promoted=bool(decision and decision.promoted),
+        promotion=decision.reason if decision else "not decided: not every fold trained",
+        report=files.report,
+        plots=files.plots,
+    )
     if submit and decision is not None and decision.promoted:
-        summary["kaggle"] = submit_to_kaggle(uri, run_id)
-    logger.info("run %s finished: %s", run_id, summary)
-    return summary
+        result = result.model_copy(update={"kaggle": submit_to_kaggle(uri, run_id)})
+    logger.info("run %s finished: %s", run_id, result)
+    return result
 
 
 def _resolve_config(
@@ -192,34 +218,33 @@ def _resolve_config(
 ) -> RunConfig:
     """A resumed run keeps its stored configuration (overrides that differ from it are an
     error, never silently ignored); a new one is preset + overrides."""
-    if run_id and store.exists(run_key(run_id, "config.json")):
+    if run_id and (run := Run(store, run_id)).exists():
         get_run_logger().info("resuming run %s with its stored configuration", run_id)
-        stored = load_run_config(store, run_id)
+        stored = run.config()
         check_resume(stored, run_id, None, overrides)
         return stored
     return preset(preset, **overrides)
 
 
-def _stored_evaluation(store: ObjectStore, run_id: str, trained: list[int]) -> dict | None:
+def _stored_evaluation(run: Run, trained: list[int]) -> Evaluation | None:
     """evaluation.json of a resumed run when it already covers exactly the trained folds."""
-    key = run_key(run_id, "evaluation.json")
-    if not store.exists(key):
+    stored = run.evaluation()
+    if stored is None or sorted(f.fold for f in stored.per_fold) != trained:
         return None
-    stored = store.get_json(key)
-    if sorted(int(f["fold"]) for f in stored.get("per_fold") or []) != trained:
-        return None
-    get_run_logger().info("evaluation of run %s covers folds %s already: reused", run_id, trained)
+    get_run_logger().info(
+        "evaluation of run %s covers folds %s already: reused", run.run_id, trained
+    )
     return stored
 
 
-def _prediction_outcome(state: State) -> dict[str, Any]:
-    """The predict task's result, or {"error": its message} when it failed."""
+def _prediction_outcome(state: State) -> TestPrediction:
+    """The predict task's result, or why it failed."""
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)
     message = str(error) if isinstance(error, BaseException) else state.message
     get_run_logger().error("predict-test-images failed: %s", message)
-    return {"error": message}
+    return TestPrediction(error=message)
 
 
 def _run_cached(

@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pneumo_core.config.run import RunConfig, check_resume, preset
-from pneumo_core.data import kaggle
+from pneumo_core.data.ingest import check_source
 from pneumo_core.errors import InputError
-from pneumo_core.runs.ids import check_run_id, load_run_config, run_key
+from pneumo_core.layout import check_run_id
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.base import TMP_SUFFIX, ObjectStore
 from pneumo_core.storage.open import open_store
 
@@ -37,13 +38,14 @@ def check_run(
     config = preset(preset_name or "default", **overrides)
     store = open_store(storage)
     check_writable(store)
-    kaggle.check_source(source, store)
-    if run_id is not None and store.exists(run_key(run_id, "config.json")):
-        config = load_run_config(store, run_id)
+    check_source(source, store)
+    if run_id is not None and (run := Run(store, run_id)).exists():
+        config = run.config()
         check_resume(config, run_id, preset_name, overrides)
     check_folds(folds, config.n_folds)
     if fold_runner == "local" and config.device not in ("auto", "cpu"):
-        from pneumo_core.train.fold import resolve_device  # torch: only when there is a GPU to find
+        # torch: only when there is a GPU to find
+        from pneumo_core.train.device import resolve_device
 
         resolve_device(config.device)  # a GPU that is not here fails now, not in every fold
     return config

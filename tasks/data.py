@@ -14,7 +14,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from pneumo_core.data import kaggle, prepare
+from pneumo_core.data import prepare
+from pneumo_core.data.ingest import ingest as ingest_source
 from pneumo_core.storage.open import open_store
 from tasks.policy import RETRY_OPTIONS
 
@@ -26,7 +27,7 @@ def source_fingerprint(source: str) -> str | None:
     """Cheap identity of a local archive or folder (paths, sizes, mtimes); None when remote.
 
     Remote sources (kaggle://, s3://) are keyed by name alone: the competition archive does
-    not change, and kaggle.ingest skips members already stored byte for byte anyway.
+    not change, and ingest skips members already stored byte for byte anyway.
     """
     path = Path(source).expanduser()
     if "://" in source or not path.exists():
@@ -52,7 +53,7 @@ def source_fingerprint(source: str) -> str | None:
 def ingest(source: str, storage: str, dataset: str, fingerprint: str | None) -> dict:
     """Raw archive into raw/<dataset>/ with its manifest; `fingerprint` is the cache key."""
     logger = get_run_logger()
-    result = kaggle.ingest(source, open_store(storage), dataset=dataset, progress=False)
+    result = ingest_source(source, open_store(storage), dataset=dataset, progress=False)
     logger.info(
         "ingested %s: %d members, %d uploaded, %d already stored, %.1f MB, digest %s",
         dataset,

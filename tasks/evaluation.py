@@ -16,23 +16,32 @@ from prefect.artifacts import (
     create_markdown_artifact,
     create_table_artifact,
 )
+from pydantic import BaseModel
 
-from pneumo_core.data import kaggle
 from pneumo_core.evaluation import evaluate
+from pneumo_core.layout import CHECKPOINT_BEST, manifest_key
 from pneumo_core.reports import model_card, report
 from pneumo_core.runs import champion, links
+from pneumo_core.runs.records import Evaluation, TestPrediction
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import load_run_config, run_key
 from tasks.policy import RETRY_OPTIONS
 
 
+class ReportFiles(BaseModel):
+    """Where the run's report and its plots are (store URLs)."""
+
+    report: str
+    plots: list[str]
+
+
 @task(name="evaluate", task_run_name="evaluate", **RETRY_OPTIONS)
-def evaluate_run(storage: str, run_id: str) -> dict:
+def evaluate_run(storage: str, run_id: str) -> Evaluation:
     """Out-of-fold mAP with post-processing tuned for the metric (evaluation.json)."""
     result = evaluate.evaluate_run(open_store(storage), run_id)
     get_run_logger().info(
-        "run %s: OOF mAP %s at score threshold %s", run_id, result["oof_map"], result["threshold"]
+        "run %s: OOF mAP %s at score threshold %s", run_id, result.oof_map, result.threshold
     )
     return result
 
@@ -43,10 +52,12 @@ def promote(storage: str, run_id: str, oof_map: float | None, margin: float) -> 
     a run without a score (no image scored: None) is never promoted."""
     oof_map = math.nan if oof_map is None else oof_map
     store = open_store(storage)
-    run_config = load_run_config(store, run_id)
+    run = Run(store, run_id)
+    run_config = run.config()
     # compared like with like: same data, same labels, same evaluation protocol
-    digests = champion.data_digests(store, kaggle.manifest_key(run_config.dataset))
-    protocol = store.get_json(run_key(run_id, "evaluation.json")).get("protocol")
+    digests = champion.data_digests(store, manifest_key(run_config.dataset))
+    evaluation = run.evaluation()
+    protocol = evaluation.protocol if evaluation else None
     new = champion.candidate(run_id, oof_map, run_config.config_hash(), *digests, protocol)
     decision = champion.promote_if_better(store, new, margin)
     get_run_logger().info("promotion: %s", decision.reason)
@@ -57,11 +68,11 @@ def promote(storage: str, run_id: str, oof_map: float | None, margin: float) -> 
 def write_report(
     storage: str,
     run_id: str,
-    evaluation: dict,
+    evaluation: Evaluation,
     folds: Sequence[int],
     decision: champion.Decision | None,
-    prediction: dict | None = None,
-) -> dict:
+    prediction: TestPrediction | None = None,
+) -> ReportFiles:
     """report.md, model-card.md and plots in the store; fold table, report, model card and
     links as Prefect artifacts, the report's plots embedded so that they show in the UI."""
     store = open_store(storage)
@@ -72,8 +83,8 @@ def write_report(
     )  # fmt: skip
     columns = dict.fromkeys(built.fold_rows[0] if built.fold_rows else ("fold", "oof_map"))
     overall = columns | {
-        "fold": f"all (out of fold, {evaluation.get('tuning', 'tuned on all folds')})",
-        "oof_map": evaluation.get("oof_map"),
+        "fold": f"all (out of fold, {evaluation.tuning or 'tuned on all folds'})",
+        "oof_map": evaluation.oof_map,
     }
     create_table_artifact(
         [*built.fold_rows, overall],
@@ -95,14 +106,15 @@ def write_report(
             found.url, link_text=store.url(key), key=name,
             description=f"run {run_id}: {found.note()}",
         )  # fmt: skip
-    return {"report": store.url(built.key), "plots": [store.url(k) for k in built.plot_keys]}
+    return ReportFiles(report=store.url(built.key), plots=[store.url(k) for k in built.plot_keys])
 
 
 def _outputs(store: ObjectStore, run_id: str, folds: Sequence[int]) -> dict[str, str]:
     """Artifact key -> store key of the run's submission and best checkpoints that exist."""
-    candidates = {"submission": run_key(run_id, "submission.csv")}
+    run = Run(store, run_id)
+    candidates = {"submission": run.submission_key}
     for fold in folds:
-        candidates[f"checkpoint-fold-{fold}"] = run_key(run_id, f"fold-{fold}/checkpoint-best.pt")
+        candidates[f"checkpoint-fold-{fold}"] = run.fold_key(fold, CHECKPOINT_BEST)
     return {name: key for name, key in candidates.items() if store.exists(key)}
 
 

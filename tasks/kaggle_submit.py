@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from pneumo_core.runs import kaggle_submit
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.open import open_store
 
 ARTIFACT_KEY = "kaggle-submissions"
@@ -22,7 +23,7 @@ def submit_to_kaggle(storage: str, run_id: str, message: str | None = None) -> d
     try:
         record = kaggle_submit.submit_run(store, run_id, message)
     finally:
-        rows = kaggle_submit.read_records(store, run_id)
+        rows = Run(store, run_id).kaggle_records()
         if rows:
             create_table_artifact(
                 rows, key=ARTIFACT_KEY, description=f"run {run_id}: submissions to Kaggle"

@@ -11,10 +11,12 @@ from prefect.artifacts import create_link_artifact
 
 from pneumo_core.errors import InputError, ObjectNotFound, PneumoError
 from pneumo_core.evaluation import submission
+from pneumo_core.layout import SAMPLE_SUBMISSION, SUBMISSION, raw_key
 from pneumo_core.model import predict
+from pneumo_core.runs.records import TestPrediction
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import load_run_config, run_key
 from tasks.evaluation import store_link
 from tasks.gpu_jobs import deployment_gpu_jobs
 from tasks.policy import RETRY_OPTIONS
@@ -29,19 +31,20 @@ PREDICT_TIMEOUT = 6 * 3600.0
     timeout_seconds=PREDICT_TIMEOUT,
     **RETRY_OPTIONS,
 )
-def predict_test_images(storage: str, run_id: str) -> dict:
+def predict_test_images(storage: str, run_id: str) -> TestPrediction:
     """runs/<id>/submission.csv for the test images prepare recorded, checked before storing;
     returns its URL and the quarantined test images (empty PredictionString each)."""
     store = open_store(storage)
-    dataset = load_run_config(store, run_id).dataset
+    run = Run(store, run_id)
+    dataset = run.config().dataset
     logger = get_run_logger()
     with tempfile.TemporaryDirectory(prefix="pneumo-predict-") as tmp:
-        result = predict.predict_test_set(store, run_id, Path(tmp) / "submission.csv")
+        result = predict.predict_test_set(store, run_id, Path(tmp) / SUBMISSION)
         sample = _sample_submission(store, dataset, Path(tmp))
         problems = submission.check_submission(result.path, sample=sample)
         if problems:
             raise InputError(f"run {run_id}: submission is invalid: {'; '.join(problems[:5])}")
-        key = run_key(run_id, "submission.csv")
+        key = run.submission_key
         store.put_file(key, result.path)
     for item in result.quarantined:
         logger.warning(
@@ -49,7 +52,7 @@ def predict_test_images(storage: str, run_id: str) -> dict:
             "submission", item["key"], item["reason"],
         )  # fmt: skip
     logger.info("submission for run %s: %s", run_id, store.url(key))
-    return {"submission": store.url(key), "quarantined": result.quarantined}
+    return TestPrediction(submission=store.url(key), quarantined=result.quarantined)
 
 
 class PredictRunFailed(PneumoError):
@@ -67,7 +70,7 @@ def predict_test_images_on_worker(
     run_id: str,
     gpus_per_worker: int,
     pickup_timeout_s: float = PICKUP_TIMEOUT_S,
-) -> dict:
+) -> TestPrediction:
     """predict-test-images as a `predict` deployment run on a GPU worker (when folds train on
     workers, the orchestrating container has no GPU): GPU 0 of the worker's host, as fold 0
     (none when `gpus_per_worker` is 0). The same result as predict_test_images, read from
@@ -81,12 +84,11 @@ def predict_test_images_on_worker(
             f"run {run_id}: predict flow run {flow_run.name!r} ({flow_run.id}) ended {failure}"
         )
     store = open_store(storage)
-    key = run_key(run_id, "submission.csv")
     get_run_logger().info("submission for run %s by flow run %s", run_id, flow_run.name)
-    return {
-        "submission": store.url(key),
-        "quarantined": predict.quarantined_test_images(store, run_id),
-    }
+    return TestPrediction(
+        submission=store.url(Run(store, run_id).submission_key),
+        quarantined=predict.quarantined_test_images(store, run_id),
+    )
 
 
 @task(
@@ -104,7 +106,7 @@ def predict_images(storage: str, run_id: str, images: str, out: str) -> str:
     if problems:
         raise InputError(f"{written}: submission is invalid: {'; '.join(problems[:5])}")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    key = run_key(run_id, f"predictions/{stamp}-{Path(written).name}")
+    key = Run(store, run_id).prediction_key(f"{stamp}-{Path(written).name}")
     store.put_file(key, written)
     create_link_artifact(
         store_link(store, key), link_text=store.url(key), key="prediction",
@@ -118,9 +120,9 @@ def predict_images(storage: str, run_id: str, images: str, out: str) -> str:
 
 def _sample_submission(store: ObjectStore, dataset: str, folder: Path) -> Path | None:
     """The archive's sample submission, when ingested, to check every test id is present."""
-    path = folder / "sample.csv"
+    path = folder / SAMPLE_SUBMISSION
     try:
-        store.get_file(f"raw/{dataset}/stage_2_sample_submission.csv", path)
+        store.get_file(raw_key(dataset, SAMPLE_SUBMISSION), path)
     except ObjectNotFound:
         return None
     return path

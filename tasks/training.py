@@ -14,7 +14,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from pneumo_core.config.run import RunConfig
 from pneumo_core.errors import PneumoError
+from pneumo_core.layout import CONFIG
 from pneumo_core.runs.ids import key_slug
+from pneumo_core.runs.records import FoldResult
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.open import open_store
 from pneumo_core.train import fold as fold_training
 from tasks.deployment_names import GPU_TRAIN_TAG
@@ -29,14 +32,19 @@ class FoldRunFailed(PneumoError):
 
 
 @task(name="create-run", task_run_name="create-run", **RETRY_OPTIONS)
-def create_run(storage: str, config: dict[str, Any], run_id: str | None) -> str:
-    """A new run (config.json written), or the existing run `run_id` resumed unchanged."""
+def create_run(
+    storage: str,
+    config: dict[str, Any],
+    run_id: str | None,
+    source: str | None = None,
+    manifest_digest: str | None = None,
+) -> str:
+    """A new run (config.json and its record written), or the existing run `run_id` resumed
+    unchanged."""
     store = open_store(storage)
-    run_id = fold_training.create_run(store, RunConfig.from_dict(config), run_id=run_id)
-    get_run_logger().info(
-        "run %s: %s", run_id, store.url(fold_training.run_key(run_id, "config.json"))
-    )
-    return run_id
+    run = Run.create(store, RunConfig.from_dict(config), run_id, source, manifest_digest)
+    get_run_logger().info("run %s: %s", run.run_id, run.url(CONFIG))
+    return run.run_id
 
 
 def progress_key(run_id: str, fold: int) -> str:
@@ -45,11 +53,11 @@ def progress_key(run_id: str, fold: int) -> str:
 
 
 @task(name="train-fold", tags=[GPU_TRAIN_TAG], task_run_name="train-fold-{fold}", **RETRY_OPTIONS)
-def train_fold(storage: str, run_id: str, fold: int) -> dict:
+def train_fold(storage: str, run_id: str, fold: int) -> FoldResult:
     """One fold, with its progress as a Prefect progress artifact and log lines per epoch."""
     logger = get_run_logger()
     store = open_store(storage)
-    epochs = fold_training.load_run_config(store, run_id).epochs
+    epochs = Run(store, run_id).config().epochs
     artifact = create_progress_artifact(
         0.0, key=progress_key(run_id, fold), description=f"run {run_id} fold {fold}"
     )
@@ -67,9 +75,9 @@ def train_fold(storage: str, run_id: str, fold: int) -> dict:
     logger.info(
         "fold %d done: %s epochs, best epoch %s, best val mAP %s",
         fold,
-        result.get("epochs"),
-        result.get("best_epoch"),
-        _short(result.get("best_val_map")),
+        result.epochs,
+        result.best_epoch,
+        _short(result.best_val_map),
     )
     return result
 

@@ -7,3 +7,8 @@ from collections.abc import Callable
 
 Handler = Callable[[argparse.Namespace], int]
 STORAGE_HELP = "object store: file://DIR, DIR or s3://bucket/prefix"
+
+
+def add_storage(parser: argparse.ArgumentParser) -> None:
+    """The `--storage` argument, required by every command that reads or writes the store."""
+    parser.add_argument("--storage", required=True, help=STORAGE_HELP)

@@ -8,11 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.cli.common import STORAGE_HELP
+from flows.cli.common import add_storage
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pneumo_core.data.kaggle import ingest
+    from pneumo_core.data.ingest import ingest
     from pneumo_core.storage.open import open_store
 
     store = open_store(args.storage)
@@ -34,7 +34,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="kaggle://rsna-pneumonia-detection-challenge, a .zip, a folder, or s3://bucket/key.zip",
     )
-    p.add_argument("--storage", required=True, help=STORAGE_HELP)
+    add_storage(p)
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="name under raw/ in the store")
     p.set_defaults(handler=cmd_ingest, log_lines=True)
 
@@ -61,7 +61,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     from pneumo_core import DEFAULT_DATASET
 
     p = sub.add_parser("prepare", help="decode, resize and cache the images; labels and folds")
-    p.add_argument("--storage", required=True, help=STORAGE_HELP)
+    add_storage(p)
     p.add_argument("--image-size", type=int, default=512, help="cache size in px (square)")
     p.add_argument("--folds", type=int, default=4, help="number of stratified folds")
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="name under raw/ in the store")
@@ -137,9 +137,9 @@ def add_check_submission(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pneumo_core.data import synthetic
+    from pneumo_core.data.synthetic import generate, hidden_truth_path
 
-    target = synthetic.generate(
+    target = generate(
         args.out, args.n_train, args.n_test, args.image_size, args.seed, args.difficulty,
         args.zip, args.backgrounds,
     )  # fmt: skip
@@ -148,7 +148,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         f"{args.difficulty}, seed {args.seed}"
         + (f", real backgrounds from {args.backgrounds}" if args.backgrounds else "")
     )
-    print(f"test images' truth (not for ingest): {synthetic.hidden_truth_path(args.out)}")
+    print(f"test images' truth (not for ingest): {hidden_truth_path(args.out)}")
     return 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -49,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug",
         action="store_true",
-        default=bool(os.environ.get(DEBUG_ENV)),
         help=f"show the traceback of an error (also: {DEBUG_ENV}=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pneumo {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if args.debug:
+        if args.debug or _debug_from_env():
             raise
         print(f"pneumo {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, PneumoError) and not isinstance(exc, SYSTEM_ERRORS) else 1
@@ -82,6 +80,17 @@ DEBUG_ENV = "PNEUMO_DEBUG"
 # The machine, not the user's input: the store or a disk (exit 1). InputError and the other
 # PneumoErrors are the user's to fix (exit 2); anything unexpected is exit 1 too.
 SYSTEM_ERRORS = (StorageError, TransientStorageError, OSError)
+
+
+def _debug_from_env() -> bool:
+    """PNEUMO_DEBUG, read only once an error is caught: the settings (pydantic) stay out of
+    the start-up of every command."""
+    from pneumo_core.settings import settings
+
+    try:
+        return settings().debug
+    except PneumoError:  # another PNEUMO_* variable is bad: that is the error shown
+        return False
 
 
 def _one_line(exc: BaseException) -> str:

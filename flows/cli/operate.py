@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli.common import STORAGE_HELP
+from flows.cli.common import add_storage
+from pneumo_core.reports.markdown import cell
+
+_TABLE_WIDTH = 10_000  # never wrap or cut a table to the terminal: run ids stay whole
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -25,18 +28,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def add_submit(sub: argparse._SubParsersAction) -> None:
-    from pneumo_core.runs.kaggle_submit import COMPETITION, RECORD_NAME
+    from pneumo_core.layout import KAGGLE_SUBMISSIONS
+    from pneumo_core.runs.kaggle_submit import COMPETITION
 
     p = sub.add_parser(
         "submit",
         help="check a run's submission.csv and submit it to the Kaggle competition",
         description="Checks runs/<id>/submission.csv against the competition's sample "
         "submission, uploads it with the Kaggle API (KAGGLE_USERNAME/KAGGLE_KEY or "
-        f"~/.kaggle/kaggle.json) and records the answer in runs/<id>/{RECORD_NAME}.",
+        f"~/.kaggle/kaggle.json) and records the answer in runs/<id>/{KAGGLE_SUBMISSIONS}.",
     )
     p.add_argument("--run", required=True, help="run id")
     p.add_argument("--message", help="your note; the run id, OOF mAP and config hash follow it")
-    p.add_argument("--storage", required=True, help=STORAGE_HELP)
+    add_storage(p)
     p.add_argument("--competition", default=COMPETITION, help="Kaggle competition slug")
     p.set_defaults(handler=cmd_submit, log_lines=True)
 
@@ -61,14 +65,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
             (r.created or "–")[:19].replace("T", " "),
             r.preset or "–",
             f"{r.folds_trained}/{r.n_folds if r.n_folds is not None else '?'}",
-            _figure(r.oof_map),
-            "–" if r.test_images is None else str(r.test_images),
+            cell(r.oof_map),
+            cell(r.test_images),
             f"yes ({r.submitted})" if r.submitted else "no",
         )
         for r in runs
     ]
     header = ("", "run", "created (UTC)", "preset", "folds", "OOF mAP", "test", "submitted")
-    _print_table([header, *rows])
+    _print_table(header, rows)
     if not runs:
         print(f"no runs in {store.uri}")
     else:
@@ -78,7 +82,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def add_runs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list the runs in a store, newest first")
-    p.add_argument("--storage", required=True, help=STORAGE_HELP)
+    add_storage(p)
     p.add_argument("--json", action="store_true", help="one JSON list of run records")
     p.add_argument("--links", metavar="RUN_ID", help="print fresh links to this run's outputs")
     p.set_defaults(handler=cmd_runs)
@@ -95,7 +99,7 @@ def cmd_champion(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
     print(
-        f"champion: run {record['run_id']}, OOF mAP {_figure(record.get('oof_map'))}, "
+        f"champion: run {record['run_id']}, OOF mAP {cell(record.get('oof_map'))}, "
         f"config {str(record.get('config_hash'))[:12]}, promoted {record.get('created')}"
     )
     print(f"why: {record.get('reason') or 'not recorded (promoted by an older pneumo)'}")
@@ -104,7 +108,7 @@ def cmd_champion(args: argparse.Namespace) -> int:
 
 def add_champion(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("champion", help="the champion run and the reason it won")
-    p.add_argument("--storage", required=True, help=STORAGE_HELP)
+    add_storage(p)
     p.add_argument("--json", action="store_true", help="models/champion.json as stored")
     p.set_defaults(handler=cmd_champion)
 
@@ -122,11 +126,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     a, b = args.run_a, args.run_b
     print("configuration fields that differ:")
-    rows = [(r["field"], _cell(r[a]), _cell(r[b])) for r in comparison.config_rows]
-    _print_table([("field", a, b), *rows] if rows else [("(none)",)])
+    rows = [(r["field"], _setting(r[a]), _setting(r[b])) for r in comparison.config_rows]
+    if rows:
+        _print_table(("field", a, b), rows)
+    else:
+        print("(none)")
     print("\nfigures:")
-    rows = [(r["figure"], _figure(r[a]), _figure(r[b])) for r in comparison.figure_rows]
-    _print_table([("figure", a, b), *rows])
+    rows = [(r["figure"], cell(r[a]), cell(r[b])) for r in comparison.figure_rows]
+    _print_table(("figure", a, b), rows)
     if args.links:
         for run_id in (a, b):
             print()
@@ -138,7 +145,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="two runs side by side: config differences, figures")
     p.add_argument("run_a", metavar="RUN_A")
     p.add_argument("run_b", metavar="RUN_B")
-    p.add_argument("--storage", required=True, help=STORAGE_HELP)
+    add_storage(p)
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--links", action="store_true", help="also print fresh links to both runs")
     p.set_defaults(handler=cmd_compare)
@@ -155,15 +162,18 @@ def _print_links(store: object, run_id: str) -> int:
     return 0
 
 
-def _figure(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else _cell(value)
-
-
-def _cell(value: object) -> str:
+def _setting(value: object) -> str:
+    """A configuration value as set, unrounded (a learning rate of 1e-05 is not 0.0000)."""
     return "–" if value is None else str(value)
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns two spaces apart under a header line, without borders: easy to grep."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(*header, box=None, pad_edge=False)
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        table.add_row(*(Text(value) for value in row))  # Text: no markup in values
+    Console(width=_TABLE_WIDTH).print(table)

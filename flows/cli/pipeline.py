@@ -9,8 +9,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flows.cli.common import STORAGE_HELP
+from flows.cli.common import add_storage
+from pneumo_core.layout import TRAIN_LABELS
+
+if TYPE_CHECKING:  # the flows import Prefect and torch: seconds, only when a run starts
+    from flows.pipeline import PipelineResult
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -50,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the whole pipeline as a Prefect flow: ingest to submission")
     p.add_argument("--source", required=True, help="kaggle://..., a .zip, a folder or s3://key.zip")
-    p.add_argument("--storage", required=True, help=STORAGE_HELP)
+    add_storage(p)
     p.add_argument(
         "--preset", help="seed, default or ci (default: default; a resumed run keeps its own)"
     )
@@ -75,13 +80,13 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pneumo_core.data import synthetic
+    from pneumo_core.data.synthetic import generate
 
     out = args.out.resolve()
     data = out / "data"
-    if not (data / "stage_2_train_labels.csv").exists():
+    if not (data / TRAIN_LABELS).exists():
         print(f"generating a small Kaggle-shaped dataset in {data}")
-        synthetic.generate(data, n_train=DEMO_TRAIN, n_test=DEMO_TEST, image_size=DEMO_PIXELS)
+        generate(data, n_train=DEMO_TRAIN, n_test=DEMO_TEST, image_size=DEMO_PIXELS)
     summary = _run_pipeline(
         args.whole_process,
         source=str(data),
@@ -102,7 +107,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 DEMO_TRAIN, DEMO_TEST, DEMO_PIXELS = 200, 24, 256
 
 
-def _run_pipeline(whole_process: bool, **parameters: object) -> dict:
+def _run_pipeline(whole_process: bool, **parameters: object) -> PipelineResult:
     """The pipeline flow on Prefect's ephemeral API, or the server PREFECT_API_URL names."""
     import os
 
@@ -143,11 +148,11 @@ def _temporary_server_starting() -> Iterator[None]:
         starting.join()  # the client's own start() returns at once while this one waits
 
 
-def _print_outputs(summary: dict) -> None:
-    oof_map = "n/a (no image scored)" if summary["oof_map"] is None else f"{summary['oof_map']:.4f}"
-    print(f"run {summary['run_id']}: OOF mAP {oof_map} at score threshold {summary['threshold']}")
-    print(f"promotion: {summary['promotion']}")
-    print(f"submission: {summary['submission']}")
-    print(f"report:     {summary['report']}")
-    for plot in summary["plots"]:
+def _print_outputs(result: PipelineResult) -> None:
+    oof_map = "n/a (no image scored)" if result.oof_map is None else f"{result.oof_map:.4f}"
+    print(f"run {result.run_id}: OOF mAP {oof_map} at score threshold {result.threshold}")
+    print(f"promotion: {result.promotion}")
+    print(f"submission: {result.submission}")
+    print(f"report:     {result.report}")
+    for plot in result.plots:
         print(f"plot:       {plot}")

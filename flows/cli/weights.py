@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from flows.cli.common import add_storage
+from pneumo_core.model.backbones import BACKBONES
+
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
     from pneumo_core.model import weights
@@ -25,10 +28,6 @@ def add_weights(sub: argparse._SubParsersAction) -> None:
         help="download torchvision's published weights for a backbone (ImageNet ResNet; "
         "for resnet50 also the COCO RetinaNet), check their hash, keep them in the store",
     )
-    fetch.add_argument(
-        "--backbone", choices=("resnet18", "resnet34", "resnet50"), default="resnet50"
-    )
-    fetch.add_argument(
-        "--storage", required=True, help="object store: file://DIR, DIR or s3://bucket/prefix"
-    )
+    fetch.add_argument("--backbone", choices=BACKBONES, default="resnet50")
+    add_storage(fetch)
     fetch.set_defaults(handler=cmd_weights_fetch, log_lines=True)

@@ -23,6 +23,7 @@ from pneumo_core.config.checked import CheckedModel, NoneFromText
 from pneumo_core.data.augment_config import AugmentConfig
 from pneumo_core.errors import InputError
 from pneumo_core.evaluation.postprocess import PostprocessConfig
+from pneumo_core.model.backbones import Backbone
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a dataset name: one safe store key part
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -44,7 +45,7 @@ class RunConfig(CheckedModel):
     n_folds: int = Field(4, ge=2, le=50)
     seed: int = Field(42, ge=0, le=2**32 - 1)
     # model
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    backbone: Backbone = "resnet50"
     pretrained: bool = True  # weights required: weights_path, the store or torch's hub cache
     weights_path: Annotated[str | None, NoneFromText] = Field(None, min_length=1)
     conv1_init: Literal["sum_rgb", "random"] = "sum_rgb"

@@ -19,9 +19,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pneumo_core import DEFAULT_DATASET
+from pneumo_core.boxes import xywh_to_xyxy
 from pneumo_core.data.augment import Augmenter
 from pneumo_core.data.labels import BOX_COLUMNS, CLASSES, group_boxes
 from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.layout import BOXES, FOLDS, LABELS, METADATA
 from pneumo_core.storage.base import ObjectStore
 
 SPLITS = ("train", "test")
@@ -30,10 +32,10 @@ Item = tuple[torch.Tensor, Target, str]
 Batch = tuple[list[torch.Tensor], list[Target], list[str]]
 
 _COLUMNS = {
-    "metadata.csv": ("patientId", "split", "index"),
-    "labels.csv": ("patientId", "class", "target", "n_boxes"),
-    "boxes.csv": ("patientId", "sx", "sy", "swidth", "sheight"),
-    "folds.csv": ("patientId", "class", "fold"),
+    METADATA: ("patientId", "split", "index"),
+    LABELS: ("patientId", "class", "target", "n_boxes"),
+    BOXES: ("patientId", "sx", "sy", "swidth", "sheight"),
+    FOLDS: ("patientId", "class", "fold"),
 }
 
 
@@ -55,10 +57,10 @@ class PreparedCache:
         self.prefix = f"prepared/{dataset}/{image_size}/"
         self._store: ObjectStore | None = store
         tables = {name: self._read_csv(store, name) for name in _COLUMNS}
-        self.metadata = tables["metadata.csv"]
-        self.labels = tables["labels.csv"]
-        self.boxes = tables["boxes.csv"]
-        self.folds = tables["folds.csv"]
+        self.metadata = tables[METADATA]
+        self.labels = tables[LABELS]
+        self.boxes = tables[BOXES]
+        self.folds = tables[FOLDS]
         self._rows = {
             split: dict(zip(frame["patientId"], frame["index"].astype(int), strict=True))
             for split, frame in self.metadata.groupby("split")
@@ -67,7 +69,7 @@ class PreparedCache:
             ["patientId", *BOX_COLUMNS], axis=1
         )
         self._boxes = {
-            pid: _xywh_to_xyxy(xywh)
+            pid: xywh_to_xyxy(xywh, np.float32)
             for pid, xywh in group_boxes(self.labels["patientId"], scaled).items()
         }
         self._paths: dict[str, Path] = {}
@@ -252,12 +254,6 @@ def make_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
     )
-
-
-def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
-    boxes = np.asarray(xywh, dtype=np.float32).reshape(-1, 4).copy()
-    boxes[:, 2:] += boxes[:, :2]
-    return boxes
 
 
 def _check_split(split: str) -> None:

@@ -27,12 +27,12 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import JPEGBaseline8Bit
 
 from pneumo_core.errors import InputError
+from pneumo_core.settings import settings
 
 # Where a window is not in the file, stretch this percentile range to 0..255: robust against
 # burned-in labels and dead pixels that a plain min/max would let set the scale.
 FALLBACK_WINDOW_PERCENTILES = (0.5, 99.5)
 JPEG_END_OF_IMAGE = b"\xff\xd9"
-DEFAULT_MAX_DICOM_BYTES = 64 << 20
 _AGE = re.compile(r"^\s*(\d+)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25, "": 365.25}
 
@@ -71,9 +71,7 @@ def read_dicom(source: str | Path | bytes) -> DicomImage:
 def max_dicom_bytes() -> int:
     """The largest DICOM read (env PNEUMO_MAX_DICOM_BYTES, default 64 MiB): real radiographs
     are a few MB, and a hostile file must not fill memory."""
-    from pneumo_core.storage.s3 import _env_number
-
-    return int(_env_number("PNEUMO_MAX_DICOM_BYTES", DEFAULT_MAX_DICOM_BYTES, int))
+    return settings().max_dicom_bytes
 
 
 def too_large(size: int) -> str:

@@ -14,37 +14,42 @@ import contextlib
 import hashlib
 import io
 import logging
-import multiprocessing
-import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data.dicom import DicomError, max_dicom_bytes, read_dicom, too_large
+from pneumo_core.data.decode import available_cores, decoded
+from pneumo_core.data.dicom import max_dicom_bytes, too_large
 from pneumo_core.data.folds import make_folds
-from pneumo_core.data.kaggle import manifest_key
 from pneumo_core.data.labels import BOX_COLUMNS, Labels, load_labels
 from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.layout import (
+    BOXES,
+    CLASS_INFO,
+    FOLDS,
+    IMAGE_FOLDERS,
+    LABELS,
+    METADATA,
+    QUARANTINE,
+    SUMMARY,
+    TRAIN_LABELS,
+    images_name,
+    manifest_key,
+    prepared_prefix,
+    raw_key,
+)
 from pneumo_core.progress import progress_reporter
 from pneumo_core.storage.base import ObjectStore, file_sha256
-from pneumo_core.storage.local import LocalStore
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: summary.json records the sha256 of every object
 SPLITS = ("train", "test")
-LABELS_FILE = "stage_2_train_labels.csv"
-CLASS_INFO_FILE = "stage_2_detailed_class_info.csv"
-IMAGE_FOLDERS = {"train": "stage_2_train_images", "test": "stage_2_test_images"}
 METADATA_COLUMNS = (
     "patientId",
     "split",
@@ -60,7 +65,6 @@ METADATA_COLUMNS = (
 )
 QUARANTINE_COLUMNS = ("patientId", "split", "key", "reason")
 SCALED_BOX_COLUMNS = ("sx", "sy", "swidth", "sheight")
-_IO_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -85,19 +89,6 @@ class _Job:
     patient_id: str
     key: str
     size: int  # bytes, as the manifest records them
-
-
-def prepared_prefix(dataset: str, image_size: int) -> str:
-    return f"prepared/{dataset}/{image_size}/"
-
-
-def decode_resized(source: str | Path | bytes, image_size: int) -> tuple[np.ndarray, dict]:
-    """One DICOM as uint8 [S, S] (area interpolation) and its metadata; DicomError if unusable."""
-    image = read_dicom(source)
-    pixels = image.pixels
-    if pixels.shape != (image_size, image_size):
-        pixels = cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_AREA)
-    return pixels, image.meta
 
 
 def prepare_dataset(
@@ -132,25 +123,25 @@ def prepare_dataset(
         return previous
 
     labels = load_labels(
-        _table_source(store, manifest, dataset, LABELS_FILE),
-        _table_source(store, manifest, dataset, CLASS_INFO_FILE),
+        _table_source(store, manifest, dataset, TRAIN_LABELS),
+        _table_source(store, manifest, dataset, CLASS_INFO),
     )
     jobs = _image_jobs(manifest, dataset)
     with contextlib.ExitStack() as staged:  # the arrays appear when the block ends, not before
         paths = {
-            split: staged.enter_context(store.writing_file(f"{prefix}images-{split}.npy"))
+            split: staged.enter_context(store.writing_file(prefix + images_name(split)))
             for split in SPLITS
         }
         decode_started = time.perf_counter()
         metadata, quarantine = _decode_all(jobs, store, image_size, workers, paths, progress)
         decode_seconds = time.perf_counter() - decode_started
         tables = _tables(labels, metadata, image_size, n_folds, seed)
-        checksums = {f"images-{s}.npy": file_sha256(paths[s]) for s in SPLITS}
-        store.delete(prefix + "summary.json")  # from here on the old cache is not valid
-    for name, frame in {**tables, "metadata": metadata, "quarantine": quarantine}.items():
+        checksums = {images_name(s): file_sha256(paths[s]) for s in SPLITS}
+        store.delete(prefix + SUMMARY)  # from here on the old cache is not valid
+    for name, frame in {**tables, METADATA: metadata, QUARANTINE: quarantine}.items():
         text = frame.to_csv(index=False)
-        store.put_text(f"{prefix}{name}.csv", text)
-        checksums[f"{name}.csv"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        store.put_text(prefix + name, text)
+        checksums[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()
     train_ids = {j.patient_id for j in jobs if j.split == "train"}
     labelled = set(labels.patients["patientId"])
     missing = sorted(labelled - train_ids)
@@ -164,8 +155,8 @@ def prepare_dataset(
         "n_train": int(counts.get("train", 0)),
         "n_test": int(counts.get("test", 0)),
         "n_quarantined": len(quarantine),
-        "n_labelled": len(tables["labels"]),
-        "n_boxes": len(tables["boxes"]),
+        "n_labelled": len(tables[LABELS]),
+        "n_boxes": len(tables[BOXES]),
         "missing_images": len(missing),
         "unlabelled_images": len(unlabelled),
         "missing_image_ids": missing,
@@ -177,7 +168,7 @@ def prepare_dataset(
         "workers": workers,
         "sha256": checksums,
     }
-    store.put_json(prefix + "summary.json", summary)
+    store.put_json(prefix + SUMMARY, summary)
     result = _result(prefix, summary, reused=False)
     log.info("prepare %s: %s", dataset, result)
     return result
@@ -203,7 +194,7 @@ def _table_source(
     store: ObjectStore, manifest: dict[str, Any], dataset: str, name: str
 ) -> io.StringIO:
     """A labels file as a named text stream, so errors name the stored file and row."""
-    key = f"raw/{dataset}/{name}"
+    key = raw_key(dataset, name)
     if key not in {m["key"] for m in manifest["members"]}:
         raise InputError(f"the ingested dataset {dataset!r} has no {name} (expected {key})")
     stream = io.StringIO(store.get_text(key))
@@ -215,7 +206,7 @@ def _image_jobs(manifest: dict[str, Any], dataset: str) -> list[_Job]:
     """Every member of the two image folders, train first, in key order."""
     jobs = []
     for split in SPLITS:
-        folder = f"raw/{dataset}/{IMAGE_FOLDERS[split]}/"
+        folder = raw_key(dataset, IMAGE_FOLDERS[split]) + "/"
         for member in sorted(manifest["members"], key=lambda m: m["key"]):
             key = member["key"]
             if key.startswith(folder):
@@ -227,14 +218,12 @@ def _finished_earlier(
     store: ObjectStore, prefix: str, settings: dict[str, Any]
 ) -> PrepareResult | None:
     try:
-        summary = store.get_json(prefix + "summary.json")
+        summary = store.get_json(prefix + SUMMARY)
     except (ObjectNotFound, InputError):
         return None
     if any(summary.get(k) != v for k, v in settings.items()):
         return None
-    names = [f"images-{s}.npy" for s in SPLITS] + [
-        f"{n}.csv" for n in ("metadata", "labels", "boxes", "folds", "quarantine")
-    ]
+    names = [images_name(s) for s in SPLITS] + [METADATA, LABELS, BOXES, FOLDS, QUARANTINE]
     if not all(store.exists(prefix + n) for n in names):
         return None
     problems = _checksum_problems(store, prefix, summary)
@@ -250,9 +239,9 @@ def cache_problems(store: ObjectStore, dataset: str, image_size: int) -> list[st
     altered after prepare wrote it). Empty when the cache can be trusted."""
     prefix = prepared_prefix(dataset, image_size)
     try:
-        summary = store.get_json(prefix + "summary.json")
+        summary = store.get_json(prefix + SUMMARY)
     except (ObjectNotFound, InputError) as exc:
-        return [f"{store.url(prefix + 'summary.json')} is missing or unreadable ({exc})"]
+        return [f"{store.url(prefix + SUMMARY)} is missing or unreadable ({exc})"]
     return _checksum_problems(store, prefix, summary)
 
 
@@ -317,7 +306,8 @@ def _decode_all(
     with progress_reporter(f"prepare {image_size}px", len(jobs), bar=bar) as advance:
         advance(len(quarantine))
         readable = [j for j in jobs if j.size <= cap]
-        for job, outcome in _decoded(readable, store, image_size, workers):
+        outcomes = decoded([j.key for j in readable], store, image_size, workers)
+        for job, outcome in zip(readable, outcomes, strict=True):
             if isinstance(outcome, str):
                 row = {"patientId": job.patient_id, "split": job.split, "key": job.key}
                 quarantine.append({**row, "reason": outcome})
@@ -364,73 +354,6 @@ def _keep_first_rows(path: Path, n: int) -> None:
         fh.truncate(data_start + n * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
-Outcome = tuple[np.ndarray, dict] | str
-
-
-def _decoded(
-    jobs: list[_Job], store: ObjectStore, image_size: int, workers: int
-) -> Iterator[tuple[_Job, Outcome]]:
-    """(job, (pixels, meta) or quarantine reason), in job order.
-
-    Threads fetch the bytes (I/O) a bounded window ahead; a process pool decodes (CPU). On a
-    local store the workers read the files themselves, on S3 they get the downloaded bytes.
-    """
-    read = _reader(store)
-    with ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="pneumo-read") as io_pool:
-        if workers == 1:
-            fetched = _window(jobs, lambda job: io_pool.submit(read, job.key), 2 * _IO_THREADS)
-            for job, source in fetched:
-                yield job, _decode_job(source.result(), image_size)
-            return
-        context = multiprocessing.get_context("spawn")  # threads + fork can deadlock
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            window = 4 * workers
-            fetched = _window(jobs, lambda job: io_pool.submit(read, job.key), window)
-            decoded = _window(
-                fetched,
-                lambda pair: pool.submit(_decode_job, pair[1].result(), image_size),
-                window,
-            )
-            for (job, _), outcome in decoded:
-                yield job, outcome.result()
-
-
-def _window(items: Any, start: Callable[[Any], Future], size: int) -> Iterator[tuple[Any, Future]]:
-    """Start work for items at most `size` ahead of the consumer, yielding in order."""
-    pending: deque[tuple[Any, Future]] = deque()
-    for item in items:
-        pending.append((item, start(item)))
-        if len(pending) >= size:
-            yield pending.popleft()
-    while pending:
-        yield pending.popleft()
-
-
-def _reader(store: ObjectStore) -> Callable[[str], str | bytes]:
-    if isinstance(store, LocalStore):
-        return lambda key: str(store.local_path(key))
-    return store.get_bytes
-
-
-def available_cores() -> int:
-    """The cores this process may use (a container's CPU set, not the host's count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already
-
-
-def _decode_job(source: str | bytes, image_size: int) -> Outcome:
-    """Runs in a worker: the reason string crosses the process boundary, not the exception."""
-    try:
-        return decode_resized(source, image_size)
-    except DicomError as exc:
-        return exc.reason
-
-
 # --- tables ---------------------------------------------------------------------------------
 
 
@@ -453,7 +376,7 @@ def _tables(
     ):
         boxes[scaled] = boxes[column] * scale
     return {
-        "labels": patients[["patientId", "class", "target", "n_boxes"]].reset_index(drop=True),
-        "boxes": boxes[["patientId", *BOX_COLUMNS, *SCALED_BOX_COLUMNS]],
-        "folds": make_folds(patients[["patientId", "class"]], n_folds=n_folds, seed=seed),
+        LABELS: patients[["patientId", "class", "target", "n_boxes"]].reset_index(drop=True),
+        BOXES: boxes[["patientId", *BOX_COLUMNS, *SCALED_BOX_COLUMNS]],
+        FOLDS: make_folds(patients[["patientId", "class"]], n_folds=n_folds, seed=seed),
     }

@@ -41,21 +41,23 @@ from pneumo_core.data.synthetic_paint import (
     NORMAL,
     NOT_NORMAL,
     OPACITY,
-    TRAIN_LABELS,
     Painter,
     Patient,
     load_backgrounds,
 )
 from pneumo_core.errors import InputError
+from pneumo_core.layout import (
+    ARCHIVE_MEMBERS,
+    CLASS_INFO,
+    SAMPLE_SUBMISSION,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+)
 from pneumo_core.storage.base import atomic_path
 
 ARCHIVE_NAME = "rsna-pneumonia-detection-challenge.zip"
-CLASS_INFO = "stage_2_detailed_class_info.csv"
-SAMPLE_SUBMISSION = "stage_2_sample_submission.csv"
-TRAIN_IMAGES = "stage_2_train_images"
-TEST_IMAGES = "stage_2_test_images"
 TEST_LABELS = "test_labels.csv"  # hidden truth of the test images, beside the data set
-ARCHIVE_MEMBERS = (TRAIN_LABELS, CLASS_INFO, SAMPLE_SUBMISSION, TRAIN_IMAGES, TEST_IMAGES)
 
 # Per-patient class shares and boxes per positive patient, from stage_2 (26,684 patients).
 CLASS_SHARES = {OPACITY: 0.225, NOT_NORMAL: 0.443, NORMAL: 0.332}

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 
 from pneumo_core.data.labels import CLASSES
+from pneumo_core.layout import TRAIN_LABELS  # beside a background folder: which are negative
 
 OPACITY, NOT_NORMAL, NORMAL = CLASSES
-TRAIN_LABELS = "stage_2_train_labels.csv"  # beside a background folder: which are negative
 # Opacity strength in gray levels at the shape's full strength (hard: also textured 0.3-1.7x),
 # and how far a hard opacity smooths the structure behind it (0 none, 1 all). Hard is set
 # where recipes separate (bench/compare_presets.py, 10 CPU epochs, ResNet-18): default's OOF

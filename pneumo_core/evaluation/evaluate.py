@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import itertools
 import math
-import re
 import time
 from typing import Any
 
@@ -24,6 +23,9 @@ from pneumo_core.data.labels import BOX_COLUMNS, group_boxes
 from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.evaluation.metric import ScoreTable, mean_scored
 from pneumo_core.evaluation.postprocess import PostprocessConfig, shrink_boxes
+from pneumo_core.layout import BOXES, LABELS, OOF_PREDICTIONS, fold_key, prepared_key
+from pneumo_core.runs.records import Evaluation
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.base import ObjectStore
 
 # Names how oof_map is computed; champions are compared only under the same protocol.
@@ -33,16 +35,16 @@ THRESHOLD_GRID = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.01))
 MAX_BOXES_GRID = (1, 2, 3, 4, 5, 6, 8)
 SHRINK_GRID = (1.0, 0.95, 0.9, 0.875, 0.85, 0.8)
 GATE_GRID = (0.0, 0.5, 1.0, 2.0)  # exponent of the image head's P(opacity); 0 = no gate
-_FOLD_KEY = re.compile(r"/fold-(\d+)/oof_predictions\.csv$")
 
 
-def evaluate_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
+def evaluate_run(store: ObjectStore, run_id: str) -> Evaluation:
     """Tune and score the run's out-of-fold predictions; writes runs/<id>/evaluation.json."""
     started = time.perf_counter()
-    config = _run_config(store, run_id)
-    configured = PostprocessConfig.from_dict(config.get("postprocess") or {})
+    run = Run(store, run_id)
+    config = run.config()
+    configured = config.postprocess
     oof = read_oof(store, run_id)
-    gt, targets = read_truth(store, config["dataset"], int(config["image_size"]), oof)
+    gt, targets = read_truth(store, config.dataset, config.image_size, oof)
 
     best, tables = tune(oof, gt, configured)
     tuned = configured.with_overrides(best)
@@ -59,8 +61,8 @@ def evaluate_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
     positive = targets.reindex(list(table.patient_ids)).to_numpy() == 1
     result = {
         "run_id": run_id,
-        "dataset": config["dataset"],
-        "image_size": int(config["image_size"]),
+        "dataset": config.dataset,
+        "image_size": config.image_size,
         "oof_map": _number(oof_map),
         "oof_map_se": _number(_standard_error(values)),
         "oof_map_in_sample": _number(in_sample),
@@ -82,8 +84,9 @@ def evaluate_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
         "has_box": _has_box(has_box, positive),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    store.put_json(f"runs/{run_id}/evaluation.json", result)
-    return result
+    evaluation = Evaluation.model_validate(result)
+    run.write_evaluation(evaluation)
+    return evaluation
 
 
 def cross_fitted(
@@ -152,13 +155,13 @@ def tune(
 
 def read_oof(store: ObjectStore, run_id: str) -> pd.DataFrame:
     """Every fold's oof_predictions.csv of the run, checked, in one frame."""
-    keys = [k for k in store.list(f"runs/{run_id}/") if _FOLD_KEY.search(k)]
+    keys = Run(store, run_id).oof_keys()
     if not keys:
         raise InputError(
-            f"run {run_id}: no runs/{run_id}/fold-<k>/oof_predictions.csv in {store.uri}; "
-            "train at least one fold first"
+            f"run {run_id}: no {fold_key(run_id, 0, OOF_PREDICTIONS).replace('fold-0', 'fold-<k>')}"
+            f" in {store.uri}; train at least one fold first"
         )
-    frames = [_read_oof_file(store, key) for key in keys]
+    frames = [_read_oof_file(store, key, fold) for fold, key in keys.items()]
     oof = pd.concat(frames, ignore_index=True)
     folds_per_patient = oof.groupby("patientId")["fold"].nunique()
     twice = folds_per_patient[folds_per_patient > 1]
@@ -174,15 +177,14 @@ def read_truth(
     store: ObjectStore, dataset: str, image_size: int, oof: pd.DataFrame
 ) -> tuple[dict[str, np.ndarray], pd.Series]:
     """Ground-truth boxes (original px) of the out-of-fold patients and their target."""
-    prefix = f"prepared/{dataset}/{image_size}"
-    labels = _read_csv(store, f"{prefix}/labels.csv", ("patientId", "target"))
-    boxes = _read_csv(store, f"{prefix}/boxes.csv", ("patientId", *BOX_COLUMNS))
+    labels_key = prepared_key(dataset, image_size, LABELS)
+    labels = _read_csv(store, labels_key, ("patientId", "target"))
+    boxes = _read_csv(store, prepared_key(dataset, image_size, BOXES), ("patientId", *BOX_COLUMNS))
     patients = oof["patientId"].drop_duplicates()
     unknown = patients[~patients.isin(labels["patientId"])]
     if len(unknown):
         raise InputError(
-            f"{len(unknown)} out-of-fold patient(s) are not in {prefix}/labels.csv, "
-            f"e.g. {unknown.iloc[0]}"
+            f"{len(unknown)} out-of-fold patient(s) are not in {labels_key}, e.g. {unknown.iloc[0]}"
         )
     gt = group_boxes(patients, boxes[boxes["patientId"].isin(patients)])
     return gt, labels.set_index("patientId")["target"]
@@ -227,7 +229,7 @@ def _standard_error(values: np.ndarray) -> float:
     return float(scored.std(ddof=1) / math.sqrt(len(scored))) if len(scored) > 1 else math.nan
 
 
-def _read_oof_file(store: ObjectStore, key: str) -> pd.DataFrame:
+def _read_oof_file(store: ObjectStore, key: str, expected: int) -> pd.DataFrame:
     frame = _read_csv(store, key, OOF_COLUMNS, optional=("opacity",))
     numeric = ["score", *BOX_COLUMNS]
     with_box = frame[numeric].notna()
@@ -239,7 +241,6 @@ def _read_oof_file(store: ObjectStore, key: str) -> pd.DataFrame:
     if ((scored < 0) | (scored > 1)).any():
         row = int(frame.index.get_loc(scored[(scored < 0) | (scored > 1)].index[0])) + 2
         raise InputError(f"{key} row {row}: score outside [0, 1]")
-    expected = int(_FOLD_KEY.search(key).group(1))
     if (frame["fold"] != expected).any():
         row = int(np.flatnonzero((frame["fold"] != expected).to_numpy())[0]) + 2
         raise InputError(f"{key} row {row}: fold is not {expected}")
@@ -289,19 +290,6 @@ def _has_box(predicted: np.ndarray, positive: np.ndarray) -> dict[str, Any]:
         "fn": fn,
         "tn": tn,
     }
-
-
-def _run_config(store: ObjectStore, run_id: str) -> dict[str, Any]:
-    """config.json read as plain keys: dataset, image_size, postprocess."""
-    key = f"runs/{run_id}/config.json"
-    try:
-        config = store.get_json(key)
-    except ObjectNotFound:
-        raise InputError(f"run {run_id}: no {key} in {store.uri}") from None
-    missing = [k for k in ("dataset", "image_size") if k not in config]
-    if missing:
-        raise InputError(f"{key}: missing {', '.join(missing)}")
-    return config
 
 
 def _number(value: float) -> float | None:

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pneumo_core.boxes import Detections
 from pneumo_core.errors import InputError
 
 IOU_THRESHOLDS = np.array([0.40, 0.45, 0.50, 0.55, 0.60, 0.65, 0.70, 0.75])
 # Elements of one [images, predictions, ground truth, thresholds] working block.
 _BLOCK_ELEMENTS = 2_000_000
-
-Prediction = tuple[np.ndarray, np.ndarray]  # boxes xywh [M, 4], scores [M]
 
 
 def iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -67,7 +66,7 @@ class ScoreTable:
     def from_dicts(
         cls,
         gt_by_patient: Mapping[str, np.ndarray],
-        preds_by_patient: Mapping[str, Prediction],
+        preds_by_patient: Mapping[str, Detections],
         keep_top: int | None = None,
     ) -> ScoreTable:
         """Every patient of `gt_by_patient` is an image; one missing from the predictions has
@@ -230,7 +229,7 @@ def image_precision(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> flo
 
 
 def map_score(
-    gt_by_patient: Mapping[str, np.ndarray], preds_by_patient: Mapping[str, Prediction]
+    gt_by_patient: Mapping[str, np.ndarray], preds_by_patient: Mapping[str, Detections]
 ) -> tuple[float, int]:
     """(mAP, images scored) over the patients of `gt_by_patient`, with every prediction."""
     return ScoreTable.from_dicts(gt_by_patient, preds_by_patient).score()

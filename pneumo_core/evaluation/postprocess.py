@@ -15,10 +15,9 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from pneumo_core.boxes import Detections, xywh_to_xyxy
 from pneumo_core.config.checked import CheckedModel
 from pneumo_core.errors import InputError
-
-Prediction = tuple[np.ndarray, np.ndarray]  # boxes xywh [N, 4], scores [N]
 
 
 class PostprocessConfig(CheckedModel):
@@ -62,7 +61,7 @@ def gated(scores: np.ndarray, opacity: float | None, gate: float) -> np.ndarray:
 
 def apply(
     boxes: np.ndarray, scores: np.ndarray, cfg: PostprocessConfig, opacity: float | None = None
-) -> Prediction:
+) -> Detections:
     """Boxes with (gated) score >= threshold, at most max_boxes, most confident first, shrunk."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = gated(scores, opacity, cfg.gate)
@@ -72,10 +71,10 @@ def apply(
 
 
 def fuse(
-    predictions: Sequence[Prediction],
+    predictions: Sequence[Detections],
     cfg: PostprocessConfig,
     image_size: tuple[int, int] | int = 1024,
-) -> Prediction:
+) -> Detections:
     """Merge prediction sets of one image (each model / TTA view counts once).
 
     wbf: weighted box fusion (boxes seen by fewer sets get proportionally lower scores);
@@ -102,14 +101,14 @@ def fuse(
         import torch
         from torchvision.ops import nms
 
-        xyxy = torch.from_numpy(np.column_stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]]))
+        xyxy = torch.from_numpy(xywh_to_xyxy(boxes))
         keep = nms(xyxy, torch.from_numpy(scores), cfg.fusion_iou).numpy()
         boxes, scores = boxes[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")
     return boxes[order], scores[order]
 
 
-def _wbf(kept: list[Prediction], cfg: PostprocessConfig, width: int, height: int) -> Prediction:
+def _wbf(kept: list[Detections], cfg: PostprocessConfig, width: int, height: int) -> Detections:
     from ensemble_boxes import weighted_boxes_fusion
 
     scale = np.array([width, height, width, height], dtype=np.float64)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pneumo_core.boxes import Detections
 from pneumo_core.errors import InputError
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 HEADER = ["patientId", "PredictionString"]
 IMAGE_SIZE = 1024
-Prediction = tuple[np.ndarray, np.ndarray]  # boxes xywh [N, 4], scores [N]
 
 
 def format_prediction_string(boxes_xywh: np.ndarray, scores: np.ndarray) -> str:
@@ -42,7 +42,7 @@ def format_prediction_string(boxes_xywh: np.ndarray, scores: np.ndarray) -> str:
     return " ".join(parts)
 
 
-def parse_prediction_string(text: str) -> Prediction:
+def parse_prediction_string(text: str) -> Detections:
     """Boxes [N, 4] and scores [N]; an empty string is no box. Values are checked by
     `check_submission`; this only needs groups of five numbers."""
     tokens = (text or "").split()
@@ -56,7 +56,7 @@ def parse_prediction_string(text: str) -> Prediction:
 
 
 def write_submission(
-    rows: Mapping[str, Prediction], out: str | Path, store: ObjectStore | None = None
+    rows: Mapping[str, Detections], out: str | Path, store: ObjectStore | None = None
 ) -> str:
     """Write atomically to a local path, or to key `out` in `store`; returns where it went."""
     buffer = io.StringIO()
@@ -81,7 +81,7 @@ def write_submission(
     return str(path)
 
 
-def read_submission(path: str | Path, bounds: bool = True) -> dict[str, Prediction]:
+def read_submission(path: str | Path, bounds: bool = True) -> dict[str, Detections]:
     """Predictions per patient; raises InputError with every problem `check_submission` finds
     (`bounds=False`: a box past the image border is read as given)."""
     problems = check_submission(path, bounds=bounds)

@@ -26,7 +26,7 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetHead
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import box_convert, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -34,6 +34,7 @@ from pneumo_core.config.run import RunConfig
 from pneumo_core.data.labels import CLASSES, POSITIVE_CLASS
 from pneumo_core.errors import InputError
 from pneumo_core.evaluation import postprocess
+from pneumo_core.model.detector import detections, set_box_loss, set_fixed_size
 from pneumo_core.model.weights import WeightsFile
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,6 @@ def build_model(
     head.classification_head = FocalClassificationHead(
         c, n_anchors, NUM_CLASSES, config.focal_alpha, config.focal_gamma, norm
     )
-    head.regression_head._loss_type = config.box_loss
     head.register_forward_hook(_float32_outputs)
     detector = GatedRetinaNet if config.image_head_weight > 0 else RetinaNet
     extra = {"image_head_weight": config.image_head_weight} if config.image_head_weight else {}
@@ -128,12 +128,10 @@ def build_model(
         head=head,
         score_thresh=config.oof_score_floor,
         detections_per_img=config.detections_per_img,
-        # Cache images are already image_size square: no resize in training, and so no
-        # random choice of size drawn from torch's global RNG at every image (folds trained
-        # at once in one process must not draw from it; see train._GLOBAL_RNG).
-        _skip_resize=True,
         **extra,
     )
+    set_box_loss(model, config.box_loss)
+    set_fixed_size(model)  # cache images are already image_size square
     if weights is None:
         return model, ModelInfo(weights=None, frozen_bn=frozen_bn)
     if _is_detector_state(state):
@@ -194,8 +192,8 @@ class GatedRetinaNet(RetinaNet):
             out["image_class"] = self.image_head_weight * torch.nan_to_num(loss)
             return out
         opacity = logits.softmax(-1)[:, CLASSES.index(POSITIVE_CLASS)]
-        for detections, p in zip(out, opacity, strict=True):
-            detections["opacity"] = p
+        for found, p in zip(out, opacity, strict=True):
+            found["opacity"] = p
         return out
 
 
@@ -236,27 +234,6 @@ class FocalClassificationHead(RetinaNetClassificationHead):
         return torch.stack(losses).sum() / len(targets)
 
 
-def losses_and_detections(
-    model: RetinaNet, images: list[Tensor], targets: list[dict[str, Tensor]]
-) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
-    """Validation losses and detections from one forward pass (torchvision's forward gives
-    one or the other depending on train/eval mode)."""
-    original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-    batch, targets = model.transform(images, targets)
-    features = list(model.backbone(batch.tensors).values())
-    head_outputs = model.head(features)
-    anchors = model.anchor_generator(batch, features)
-    losses = model.compute_loss(targets, head_outputs, anchors)
-    per_level = [f.size(2) * f.size(3) for f in features]
-    per_anchor = head_outputs["cls_logits"].size(1) // sum(per_level)
-    per_level = [n * per_anchor for n in per_level]
-    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
-    split_anchors = [list(a.split(per_level)) for a in anchors]
-    detections = model.postprocess_detections(split_outputs, split_anchors, batch.image_sizes)
-    detections = model.transform.postprocess(detections, batch.image_sizes, original_sizes)
-    return losses, detections
-
-
 @torch.no_grad()
 def detect_batch(
     models: Sequence[RetinaNet], images: list[Tensor], config: RunConfig
@@ -270,15 +247,14 @@ def detect_batch(
     for model in models:
         for flipped in (False, True) if config.tta_hflip else (False,):
             batch = [img.flip(-1) for img in images] if flipped else images
-            outputs = model(batch)
+            outputs = detections(model, batch)
             for found, output in zip(variants, outputs, strict=True):
-                boxes = output["boxes"].float().cpu().numpy()
+                boxes = output["boxes"].float()
                 if flipped:
-                    boxes = np.stack(
-                        [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1
+                    boxes = torch.stack(
+                        [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
                     )
-                xywh = boxes.copy()
-                xywh[:, 2:] -= xywh[:, :2]
+                xywh = box_convert(boxes, "xyxy", "xywh").cpu().numpy()
                 found.append((xywh, output["scores"].float().cpu().numpy()))
             for probs, output in zip(opacities, outputs, strict=True):
                 if "opacity" in output:

@@ -1,6 +1,6 @@
 """Inference: every fold's best model, horizontal-flip TTA, box fusion, tuned post-processing.
 
-Images are decoded exactly as `prepare` decodes them (`prepare.decode_resized`), so the
+Images are decoded exactly as `prepare` decodes them (`decode.decode_resized`), so the
 models see at prediction time what they saw in training; boxes go back to each image's
 original pixel size before they are written.
 """
@@ -19,23 +19,27 @@ import pandas as pd
 import torch
 from torchvision.models.detection import RetinaNet
 
+from pneumo_core.boxes import xyxy_to_xywh
 from pneumo_core.config.run import RunConfig
 from pneumo_core.data.dataset import PreparedCache
+from pneumo_core.data.decode import decode_resized
 from pneumo_core.data.dicom import DicomError
-from pneumo_core.data.prepare import decode_resized, prepared_prefix
-from pneumo_core.errors import InputError, ObjectNotFound, PneumoError
+from pneumo_core.errors import InputError, PneumoError
 from pneumo_core.evaluation import postprocess, submission
+from pneumo_core.layout import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    QUARANTINE,
+    fold_key,
+    prepared_prefix,
+)
 from pneumo_core.model.build import Detection, ModelInfo, build_model, detect_batch
 from pneumo_core.progress import progress_reporter
+from pneumo_core.runs.run import Run, load_run_config
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import (
-    fold_key,
-    load_checkpoint,
-    load_run_config,
-    resolve_device,
-    run_key,
-)
+from pneumo_core.train.checkpoint import load_checkpoint
+from pneumo_core.train.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +187,8 @@ def quarantined_test_images(store: ObjectStore, run_id: str) -> list[dict[str, s
     each gets an empty PredictionString in the run's submission."""
     config = load_run_config(store, run_id)
     prefix = prepared_prefix(config.dataset, config.image_size)
-    try:
-        text = store.get_text(prefix + "quarantine.csv")
-    except ObjectNotFound:
+    text = store.get_text_or_none(prefix + QUARANTINE)
+    if text is None:
         return []
     frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     return frame[frame["split"] == "test"][["patientId", "key", "reason"]].to_dict("records")
@@ -205,7 +208,7 @@ def load_fold_models(
         raise InputError(f"run {run_id} has folds 0..{config.n_folds - 1}, not {unknown}")
     models = []
     for fold in wanted:
-        for name in ("checkpoint-best.pt", "checkpoint-last.pt"):
+        for name in (CHECKPOINT_BEST, CHECKPOINT_LAST):
             key = fold_key(run_id, fold, name)
             if store.exists(key):
                 state = load_checkpoint(store, key)
@@ -225,11 +228,11 @@ def tuned_postprocess(
     store: ObjectStore, run_id: str, config: RunConfig
 ) -> postprocess.PostprocessConfig:
     """The settings evaluate tuned on the out-of-fold predictions, else the configuration's."""
-    key = run_key(run_id, "evaluation.json")
-    if not store.exists(key):
+    evaluation = Run(store, run_id).evaluation()
+    if evaluation is None:
         log.warning("run %s: no evaluation.json, using the configured post-processing", run_id)
         return config.postprocess
-    tuned = store.get_json(key).get("postprocess")
+    tuned = evaluation.postprocess
     return postprocess.PostprocessConfig.from_dict(tuned) if tuned else config.postprocess
 
 
@@ -264,9 +267,7 @@ def _ground_truth(store: ObjectStore, config: RunConfig) -> dict[str, np.ndarray
         return {}
     out = {}
     for pid in cache.patient_ids("train"):
-        boxes = cache.boxes_xyxy(pid).astype(np.float64)
-        boxes[:, 2:] -= boxes[:, :2]
-        out[pid] = boxes
+        out[pid] = xyxy_to_xywh(cache.boxes_xyxy(pid))
     return out
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 
-from pneumo_core.errors import ObjectNotFound
-from pneumo_core.runs.ids import load_run_config, run_key
+from pneumo_core.layout import LABELS, QUARANTINE, SUMMARY, prepared_prefix
+from pneumo_core.reports.markdown import cell
+from pneumo_core.runs.records import Evaluation, FoldResult
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.base import ObjectStore
 
-CARD_NAME = "model-card.md"
 COMPETITION_URL = "https://www.kaggle.com/competitions/rsna-pneumonia-detection-challenge"
 
 INTENDED_USE = """\
@@ -40,41 +40,24 @@ LIMITATIONS = """\
   of this very training set (see *honest* vs *in-sample* figures below)."""
 
 
-def _stored_json(store: ObjectStore, key: str) -> Any | None:
-    try:
-        return store.get_json(key)
-    except ObjectNotFound:
-        return None
-
-
 def _stored_csv(store: ObjectStore, key: str) -> pd.DataFrame | None:
-    try:
-        return pd.read_csv(io.StringIO(store.get_text(key)))
-    except ObjectNotFound:
-        return None
-
-
-def _cell(value: object, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    text = store.get_text_or_none(key)
+    return None if text is None else pd.read_csv(io.StringIO(text))
 
 
 def data_section(store: ObjectStore, config: dict) -> list[str]:
-    prefix = f"prepared/{config['dataset']}/{config['image_size']}/"
-    summary = _stored_json(store, prefix + "summary.json") or {}
-    labels = _stored_csv(store, prefix + "labels.csv")
-    quarantine = _stored_csv(store, prefix + "quarantine.csv")
+    prefix = prepared_prefix(config["dataset"], config["image_size"])
+    summary = store.get_json_or_none(prefix + SUMMARY) or {}
+    labels = _stored_csv(store, prefix + LABELS)
+    quarantine = _stored_csv(store, prefix + QUARANTINE)
     lines = [
         "## Data\n",
         f"- dataset `{config['dataset']}` ({COMPETITION_URL}); manifest digest "
         f"`{summary.get('manifest_digest', '–')}` (sha256 over every ingested file)",
-        f"- images: {_cell(summary.get('n_train'))} training, {_cell(summary.get('n_test'))} "
-        f"test, cached at {config['image_size']} px; {_cell(summary.get('n_boxes'))} boxes",
-        f"- labelled patients without an image: {_cell(summary.get('missing_images'))}; "
-        f"training images without a label row: {_cell(summary.get('unlabelled_images'))}",
+        f"- images: {cell(summary.get('n_train'))} training, {cell(summary.get('n_test'))} "
+        f"test, cached at {config['image_size']} px; {cell(summary.get('n_boxes'))} boxes",
+        f"- labelled patients without an image: {cell(summary.get('missing_images'))}; "
+        f"training images without a label row: {cell(summary.get('unlabelled_images'))}",
     ]
     if labels is not None and len(labels):
         classes = labels["class"].value_counts()
@@ -91,13 +74,13 @@ def data_section(store: ObjectStore, config: dict) -> list[str]:
         lines.append("| patientId | split | reason |\n|---|---|---|")
         lines.extend(f"| {r.patientId} | {r.split} | {r.reason} |" for r in shown.itertuples())
         if n_quarantined > len(shown):
-            lines.append(f"\n… and {n_quarantined - len(shown)} more in {prefix}quarantine.csv")
+            lines.append(f"\n… and {n_quarantined - len(shown)} more in {prefix}{QUARANTINE}")
         lines.append("")
     return lines
 
 
-def model_section(config: dict, config_hash: str, dones: Sequence[dict]) -> list[str]:
-    infos = [d.get("model_info") or {} for d in dones]
+def model_section(config: dict, config_hash: str, dones: Sequence[FoldResult]) -> list[str]:
+    infos = [d.model_info for d in dones]
     weights = sorted(
         {(i.get("weights"), i.get("weights_sha256"), i.get("weights_origin")) for i in infos}
     )
@@ -123,19 +106,18 @@ def model_section(config: dict, config_hash: str, dones: Sequence[dict]) -> list
     return lines
 
 
-def training_section(dones: Sequence[dict], seconds: dict[int, float]) -> list[str]:
+def training_section(dones: Sequence[FoldResult], seconds: dict[int, float]) -> list[str]:
     lines = ["## Training\n"]
     if not dones:
         return [*lines, "No fold has finished.\n"]
     lines.append("| fold | epochs | best epoch | best val mAP | train images | device | hours |")
     lines.append("|---|---|---|---|---|---|---|")
     for d in dones:
-        fold = int(d.get("fold", -1))
-        hours = seconds.get(fold)
+        hours = seconds.get(d.fold)
         lines.append(
-            f"| {fold} | {_cell(d.get('epochs'))} | {_cell(d.get('best_epoch'))} | "
-            f"{_cell(d.get('best_val_map'))} | {_cell(d.get('n_train'))} | "
-            f"{_cell(d.get('device'))} | {_cell(None if hours is None else hours / 3600, 2)} |"
+            f"| {d.fold} | {cell(d.epochs)} | {cell(d.best_epoch)} | "
+            f"{cell(d.best_val_map)} | {cell(d.n_train)} | "
+            f"{cell(d.device)} | {cell(None if hours is None else hours / 3600, 2)} |"
         )
     total = sum(seconds.values())
     lines.append(
@@ -145,30 +127,29 @@ def training_section(dones: Sequence[dict], seconds: dict[int, float]) -> list[s
     return lines
 
 
-def evaluation_section(evaluation: dict | None) -> list[str]:
+def evaluation_section(evaluation: Evaluation | None) -> list[str]:
     lines = ["## Scores (out of fold, competition metric)\n"]
-    if not evaluation:
+    if evaluation is None:
         return [*lines, "Not evaluated yet.\n"]
-    se = evaluation.get("oof_map_se")
+    se = evaluation.oof_map_se
     lines += [
-        f"- **honest OOF mAP: {_cell(evaluation.get('oof_map'))}**"
+        f"- **honest OOF mAP: {cell(evaluation.oof_map)}**"
         + (f" ± {se:.4f} (standard error)" if se is not None else "")
         + ": every image scored by models that never saw it, with post-processing "
-        f"{evaluation.get('tuning', 'tuned on the out-of-fold predictions')}",
-        f"- in-sample OOF mAP: {_cell(evaluation.get('oof_map_in_sample'))} (post-processing "
+        f"{evaluation.tuning or 'tuned on the out-of-fold predictions'}",
+        f"- in-sample OOF mAP: {cell(evaluation.oof_map_in_sample)} (post-processing "
         "tuned on the very predictions it scores: optimistic)",
-        f"- images: {_cell(evaluation.get('images'))}, scored: "
-        f"{_cell(evaluation.get('images_scored'))}",
+        f"- images: {cell(evaluation.images)}, scored: {cell(evaluation.images_scored)}",
     ]
-    for row in evaluation.get("per_fold") or []:
-        lines.append(f"- fold {row.get('fold')}: mAP {_cell(row.get('map'))}")
-    has_box = evaluation.get("has_box") or {}
+    for row in evaluation.per_fold:
+        lines.append(f"- fold {row.fold}: mAP {cell(row.map)}")
+    has_box = evaluation.has_box
     if has_box:
         lines.append(
             f"- finds an opacity at all (image level): precision "
-            f"{_cell(has_box.get('precision'))}, recall {_cell(has_box.get('recall'))}"
+            f"{cell(has_box.get('precision'))}, recall {cell(has_box.get('recall'))}"
         )
-    post = evaluation.get("postprocess") or {}
+    post = evaluation.postprocess
     lines += [
         "\nPost-processing used for the submission:\n",
         "```json\n" + json.dumps(post, indent=2, sort_keys=True) + "\n```\n",
@@ -177,16 +158,12 @@ def evaluation_section(evaluation: dict | None) -> list[str]:
 
 
 def render_model_card(store: ObjectStore, run_id: str) -> str:
-    from pneumo_core.reports.report import fold_history
-
-    run_config = load_run_config(store, run_id)  # InputError for an unknown run
+    run = Run(store, run_id)
+    run_config = run.config()  # InputError for an unknown run
     config, config_hash = run_config.to_dict(), run_config.config_hash()
-    folds = range(int(config.get("n_folds") or 0))
-    dones = [d for k in folds if (d := _stored_json(store, run_key(run_id, f"fold-{k}/done.json")))]
+    dones = run.fold_results(range(run_config.n_folds))
     seconds = {
-        int(d["fold"]): sum(
-            float(r.get("train_seconds") or 0) for r in fold_history(store, run_id, int(d["fold"]))
-        )
+        d.fold: sum(float(r.get("train_seconds") or 0) for r in run.fold_history(d.fold))
         for d in dones
     }
     parts = [
@@ -196,7 +173,7 @@ def render_model_card(store: ObjectStore, run_id: str) -> str:
         *data_section(store, config),
         *model_section(config, config_hash, dones),
         *training_section(dones, seconds),
-        *evaluation_section(_stored_json(store, run_key(run_id, "evaluation.json"))),
+        *evaluation_section(run.evaluation()),
         "## Known limitations\n",
         LIMITATIONS + "\n",
     ]
@@ -205,6 +182,6 @@ def render_model_card(store: ObjectStore, run_id: str) -> str:
 
 def write_model_card(store: ObjectStore, run_id: str) -> str:
     """Store runs/<id>/model-card.md; its key."""
-    key = run_key(run_id, CARD_NAME)
+    key = Run(store, run_id).card_key
     store.put_text(key, render_model_card(store, run_id))
     return key

@@ -7,9 +7,7 @@ be rebuilt for any finished run.
 
 from __future__ import annotations
 
-import io
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import median
@@ -17,23 +15,19 @@ from statistics import median
 import matplotlib
 
 matplotlib.use("Agg")  # headless workers: never open a display
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-from matplotlib.patches import Rectangle
 
 from pneumo_core.data.dataset import PreparedCache
-from pneumo_core.errors import InputError, ObjectNotFound
-from pneumo_core.evaluation import postprocess
+from pneumo_core.errors import InputError
 from pneumo_core.evaluation.evaluate import read_oof, read_truth
 from pneumo_core.evaluation.postprocess import PostprocessConfig
-from pneumo_core.reports.model_card import CARD_NAME
+from pneumo_core.layout import MODEL_CARD
+from pneumo_core.reports import plots
+from pneumo_core.reports.markdown import cell, markdown_table
 from pneumo_core.runs.catalog import Comparison, compare_runs
 from pneumo_core.runs.champion import Decision
+from pneumo_core.runs.records import Evaluation, FoldResult, TestPrediction
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.base import ObjectStore
-from pneumo_core.train.fold import run_key
-
-Curve = Sequence[tuple[float, float | None]]  # (score threshold, mAP or None: nothing scored)
 
 
 @dataclass
@@ -45,41 +39,25 @@ class Report:
     fold_rows: list[dict] = field(default_factory=list)
 
 
-def fold_history(store: ObjectStore, run_id: str, fold: int) -> list[dict]:
-    """Epoch records of one fold (metrics.jsonl), oldest first; empty when not trained yet."""
-    try:
-        text = store.get_text(run_key(run_id, f"fold-{fold}/metrics.jsonl"))
-    except ObjectNotFound:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _numeric(record: dict, needle: str) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in record.items()
-        if needle in k and k.startswith(("train_", "val_")) and isinstance(v, int | float)
-    }
-
-
-def fold_row(fold: int, done: dict | None, history: Sequence[dict], fold_map: float | None) -> dict:
+def fold_row(
+    fold: int, done: FoldResult | None, history: Sequence[dict], fold_map: float | None
+) -> dict:
     """One row of the fold table: epochs, best epoch, its validation losses, and mAP."""
-    done = done or {}
-    best_epoch = done.get("best_epoch")
+    best_epoch = done.best_epoch if done else None
     at_best = next((r for r in history if r.get("epoch") == best_epoch), {})
     last = history[-1] if history else {}
     return {
         "fold": fold,
-        "epochs": done.get("epochs", len(history)),
+        "epochs": done.epochs if done else len(history),
         "best_epoch": best_epoch,
-        "best_val_map": done.get("best_val_map"),
+        "best_val_map": done.best_val_map if done else None,
         "last_val_map": last.get("val_map"),
         "val_box_loss": at_best.get("val_box_loss"),
         "val_cls_loss": at_best.get("val_cls_loss"),
         "last_train_loss": _total(last, "train_"),
         "last_val_loss": _total(last, "val_"),
         "oof_map": fold_map,
-        "weights": _weights_cell(done.get("model_info")),
+        "weights": _weightscell(done.model_info if done else None),
     }
 
 
@@ -88,135 +66,28 @@ def _total(record: dict, prefix: str) -> float | None:
     return None if None in parts else float(sum(parts))
 
 
-def plot_curves(histories: dict[int, Sequence[dict]]) -> bytes:
-    """Loss and mAP per epoch, one line per fold and quantity."""
-    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
-    for fold, history in sorted(histories.items()):
-        epochs = [r.get("epoch", i) for i, r in enumerate(history)]
-        for needle, ax in (("loss", ax_loss), ("map", ax_map)):
-            keys = sorted({k for r in history for k in _numeric(r, needle)})
-            for key in keys:
-                points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if key in r]
-                xs, ys = zip(*points, strict=True) if points else ((), ())
-                ax.plot(xs, ys, marker="o", label=f"fold {fold} {key}")
-    for ax, title in ((ax_loss, "loss"), (ax_map, "mAP")):
-        ax.set_xlabel("epoch (from 0)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    return _png(fig)
-
-
-def predictions(oof: pd.DataFrame) -> dict[str, tuple]:
-    """(boxes xywh, scores) per patient from oof_predictions.csv rows, keeping every patient."""
-    result: dict[str, tuple] = {}
-    for pid, group in oof.groupby("patientId"):
-        kept = group.dropna(subset=["x"])
-        result[pid] = (
-            kept[["x", "y", "width", "height"]].to_numpy(float),
-            kept["score"].to_numpy(),
-        )
-    return result
-
-
-def plot_threshold_curve(curve: Curve, chosen: float | None) -> bytes:
-    """evaluate's curve: OOF mAP at each score threshold (tuned box limit and shrink)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if curve:
-        xs = [t for t, _ in curve]
-        ax.plot(xs, [math.nan if m is None else m for _, m in curve], marker=".")
-    if chosen is not None:
-        ax.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen {chosen:.2f}")
-        ax.legend()
-    ax.set_xlabel("score threshold")
-    ax.set_ylabel("OOF mAP")
-    ax.set_title("mAP against score threshold")
-    ax.grid(alpha=0.3)
-    return _png(fig)
-
-
-def plot_validation_grid(
-    panels: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]],
-) -> bytes:
-    """Images with true (green) and predicted (red, with score) boxes, xywh in image px."""
-    n = max(1, len(panels))
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (image, gt, boxes, scores, title) in zip(axes.ravel(), panels, strict=False):
-        ax.imshow(image, cmap="gray")
-        for x, y, w, h in gt:
-            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.5))
-        for (x, y, w, h), score in zip(boxes, scores, strict=True):
-            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="red", linewidth=1))
-            ax.text(x, y, f"{score:.2f}", color="red", fontsize=6, va="bottom")
-        ax.set_title(title, fontsize=7)
-    return _png(fig)
-
-
-def validation_panels(
-    cache: PreparedCache,
-    oof: pd.DataFrame,
-    gt: dict[str, np.ndarray],
-    post: PostprocessConfig,
-    limit: int = 8,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]]:
-    """Validation images from the prepared cache, positives first, boxes scaled to cache px;
-    predictions as the submission would have them (tuned threshold, box limit, shrink)."""
-    meta = cache.metadata[cache.metadata["split"] == "train"].set_index("patientId")
-    opacity = oof.groupby("patientId")["opacity"].first() if "opacity" in oof else {}
-    preds = {
-        pid: postprocess.apply(*pred, post, opacity.get(pid))
-        for pid, pred in predictions(oof).items()
-    }
-    chosen = sorted(preds, key=lambda pid: (len(gt.get(pid, ())) == 0, pid))[:limit]
-    images = cache.images("train")
-    fold_of = oof.groupby("patientId")["fold"].first()
-    panels = []
-    for pid, row in zip(chosen, cache.rows(chosen, "train"), strict=True):
-        size = cache.image_size
-        scale = np.array([size / meta.at[pid, "cols"], size / meta.at[pid, "rows"]] * 2)
-        boxes, scores = preds[pid]
-        title = f"{pid[:12]} fold {int(fold_of[pid])}"
-        panels.append((np.asarray(images[row]), gt[pid] * scale, boxes * scale, scores, title))
-    return panels
-
-
-def markdown_table(rows: Sequence[dict]) -> str:
-    if not rows:
-        return "_no folds_\n"
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def render_markdown(
     run_id: str,
     config: dict,
-    evaluation: dict,
+    evaluation: Evaluation | None,
     fold_rows: Sequence[dict],
     decision: Decision | None,
     plots: Sequence[str],
     plot_link: Callable[[str], str] = lambda name: f"plots/{name}",
-    prediction: dict | None = None,
+    prediction: TestPrediction | None = None,
     card_link: str | None = None,
     comparison: Comparison | None = None,
 ) -> str:
     """report.md; by default plots are linked relative to runs/<id>/, as stored.
-    `prediction`: {"submission": url, "quarantined": [{patientId, key, reason}]} or
-    {"error": message} when predicting the test images failed; `comparison`: this run
+    `prediction`: the test-set submission, or why predicting the test images failed;
+    `comparison`: this run
     against the champion before it, shown in the champion section."""
-    oof_map = evaluation.get("oof_map")
+    oof_map = evaluation.oof_map if evaluation else None
     parts = [
         f"# Run {run_id}\n",
         *_headline(evaluation),
         f"- preset: `{config.get('preset')}`, folds: {len(fold_rows)}"
-        + (f"; model card: [{CARD_NAME}]({card_link})" if card_link else "")
+        + (f"; model card: [{MODEL_CARD}]({card_link})" if card_link else "")
         + "\n",
         "## Folds\n",
         markdown_table(fold_rows),
@@ -252,58 +123,58 @@ def render_markdown(
 def write_report(
     store: ObjectStore,
     run_id: str,
-    evaluation: dict,
+    evaluation: Evaluation,
     folds: Sequence[int],
     decision: Decision | None,
     plot_link: Callable[[str], str] | None = None,
-    prediction: dict | None = None,
+    prediction: TestPrediction | None = None,
 ) -> Report:
     """Plots and report.md for a run; `plot_link(store key)` makes the linked variant (plots,
     and the model card when the run has one)."""
-    prefix = run_key(run_id, "").rstrip("/")
-    config = store.get_json(f"{prefix}/config.json")
-    histories = {fold: fold_history(store, run_id, fold) for fold in folds}
-    per_fold = _per_fold_maps(evaluation)
+    run = Run(store, run_id)
+    config = run.config_dict()
+    histories = {fold: run.fold_history(fold) for fold in folds}
+    per_fold = {f.fold: f.map for f in evaluation.per_fold if f.map is not None}
     rows = flag_weak_folds(
-        [fold_row(f, _done(store, run_id, f), histories[f], per_fold.get(f)) for f in folds]
+        [fold_row(f, run.fold_result(f), histories[f], per_fold.get(f)) for f in folds]
     )
 
-    plots: dict[str, bytes] = {"curves.png": plot_curves(histories)}
-    curve = [(p["threshold"], p["map"]) for p in evaluation.get("curve", [])]
-    threshold = evaluation.get("threshold")
-    plots["map-vs-threshold.png"] = plot_threshold_curve(curve, threshold)
+    pngs: dict[str, bytes] = {"curves.png": plots.plot_curves(histories)}
+    curve = [(p.threshold, p.map) for p in evaluation.curve]
+    threshold = evaluation.threshold
+    pngs["map-vs-threshold.png"] = plots.plot_threshold_curve(curve, threshold)
     oof = read_oof(store, run_id)
     cache = PreparedCache(store, config["dataset"], int(config["image_size"]))
     gt, _ = read_truth(store, cache.dataset, cache.image_size, oof)
-    tuned = evaluation.get("postprocess")
+    tuned = evaluation.postprocess
     post = (
         PostprocessConfig.from_dict(tuned)
         if tuned
         else PostprocessConfig(score_threshold=float(threshold or 0.0))
     )
-    plots["validation-grid.png"] = plot_validation_grid(validation_panels(cache, oof, gt, post))
+    panels = plots.validation_panels(cache, oof, gt, post)
+    pngs["validation-grid.png"] = plots.plot_validation_grid(panels)
     plot_keys = []
-    for name, png in plots.items():
-        key = f"{prefix}/plots/{name}"
+    for name, png in pngs.items():
+        key = run.plot_key(name)
         store.put_bytes(key, png)
         plot_keys.append(key)
 
-    card = f"{prefix}/{CARD_NAME}" if store.exists(f"{prefix}/{CARD_NAME}") else None
+    card = run.card_key if store.exists(run.card_key) else None
     extras = {"prediction": prediction, "comparison": _comparison(store, run_id, decision)}
     markdown = render_markdown(
-        run_id, config, evaluation, rows, decision, list(plots),
-        card_link=card and CARD_NAME, **extras,
+        run_id, config, evaluation, rows, decision, list(pngs),
+        card_link=card and MODEL_CARD, **extras,
     )  # fmt: skip
     linked = markdown
     if plot_link is not None:
         linked = render_markdown(
-            run_id, config, evaluation, rows, decision, list(plots),
-            plot_link=lambda name: plot_link(f"{prefix}/plots/{name}"),
+            run_id, config, evaluation, rows, decision, list(pngs),
+            plot_link=lambda name: plot_link(run.plot_key(name)),
             card_link=card and plot_link(card), **extras,
         )  # fmt: skip
-    key = f"{prefix}/report.md"
-    store.put_text(key, markdown)
-    return Report(markdown, linked, key, plot_keys, rows)
+    store.put_text(run.report_key, markdown)
+    return Report(markdown, linked, run.report_key, plot_keys, rows)
 
 
 def _comparison(store: ObjectStore, run_id: str, decision: Decision | None) -> Comparison | None:
@@ -317,14 +188,14 @@ def _comparison(store: ObjectStore, run_id: str, decision: Decision | None) -> C
         return None
 
 
-def _submission_section(prediction: dict) -> list[str]:
+def _submission_section(prediction: TestPrediction) -> list[str]:
     """The test-set submission: where it is and which images got no prediction, or why not."""
     parts = ["## Submission\n"]
-    if prediction.get("error"):
-        parts.append(f"**Predicting the test images failed**: {prediction['error']}\n")
+    if prediction.error:
+        parts.append(f"**Predicting the test images failed**: {prediction.error}\n")
         return parts
-    parts.append(f"Submission: {prediction.get('submission')}\n")
-    quarantined = prediction.get("quarantined") or []
+    parts.append(f"Submission: {prediction.submission}\n")
+    quarantined = prediction.quarantined
     if quarantined:
         parts.append(
             f"{len(quarantined)} test image(s) could not be read and have an empty "
@@ -349,24 +220,26 @@ def flag_weak_folds(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def _headline(evaluation: dict) -> list[str]:
+def _headline(evaluation: Evaluation | None) -> list[str]:
     """The honest score first, the optimistic one named as such."""
-    se = evaluation.get("oof_map_se")
+    if evaluation is None:
+        return ["- not evaluated\n"]
+    se = evaluation.oof_map_se
     lines = [
-        f"- OOF mAP: **{_cell(evaluation.get('oof_map'))}**"
+        f"- OOF mAP: **{cell(evaluation.oof_map)}**"
         + (f" (standard error {se:.4f})" if se is not None else "")
-        + f", post-processing {evaluation.get('tuning', 'tuned on all folds')}",
+        + f", post-processing {evaluation.tuning or 'tuned on all folds'}",
         f"- in-sample OOF mAP (post-processing tuned on the very predictions it scores, "
-        f"optimistic): {_cell(evaluation.get('oof_map_in_sample'))}",
-        f"- submission: score threshold **{_cell(evaluation.get('threshold'))}**, max boxes "
-        f"{_cell(evaluation.get('max_boxes'))}, shrink {_cell(evaluation.get('shrink'))}, "
-        f"image gate {_cell((evaluation.get('postprocess') or {}).get('gate'))} "
+        f"optimistic): {cell(evaluation.oof_map_in_sample)}",
+        f"- submission: score threshold **{cell(evaluation.threshold)}**, max boxes "
+        f"{cell(evaluation.max_boxes)}, shrink {cell(evaluation.shrink)}, "
+        f"image gate {cell(evaluation.postprocess.get('gate'))} "
         "(tuned on all folds)",
     ]
     return lines
 
 
-def _scoring_notes(evaluation: dict, rows: Sequence[dict]) -> list[str]:
+def _scoring_notes(evaluation: Evaluation | None, rows: Sequence[dict]) -> list[str]:
     notes = [
         "Each fold's model is its best epoch by validation mAP (score threshold chosen per "
         "epoch on that fold's validation images, so `best_val_map` is optimistic); "
@@ -382,7 +255,7 @@ def _scoring_notes(evaluation: dict, rows: Sequence[dict]) -> list[str]:
     return notes
 
 
-def _weights_cell(info: dict | None) -> str | None:
+def _weightscell(info: dict | None) -> str | None:
     """Which pretrained file the fold started from, by name and sha256, and what loaded."""
     if not info:
         return None
@@ -394,31 +267,3 @@ def _weights_cell(info: dict | None) -> str | None:
         f"{name} sha256 {sha}: {info.get('tensors_loaded')} loaded, "
         f"{info.get('tensors_skipped')} skipped"
     )
-
-
-def _per_fold_maps(evaluation: dict) -> dict[int, float]:
-    rows = evaluation.get("per_fold") or []
-    return {int(r["fold"]): r["map"] for r in rows if r.get("map") is not None}
-
-
-def _done(store: ObjectStore, run_id: str, fold: int) -> dict | None:
-    try:
-        return store.get_json(run_key(run_id, f"fold-{fold}/done.json"))
-    except ObjectNotFound:
-        return None
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()

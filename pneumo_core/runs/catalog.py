@@ -7,7 +7,6 @@ parallel, so it stays quick on a store with hundreds of runs, on S3 as on a loca
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +16,19 @@ from typing import Any
 
 from pneumo_core.config.run import RunConfig, flatten
 from pneumo_core.errors import InputError, ObjectNotFound
-from pneumo_core.runs.champion import CHAMPION_KEY, read_champion
-from pneumo_core.runs.ids import run_key
-from pneumo_core.runs.kaggle_submit import RECORD_NAME
+from pneumo_core.layout import (
+    CHAMPION_KEY,
+    CONFIG,
+    DONE,
+    EVALUATION,
+    KAGGLE_SUBMISSIONS,
+    RUNS,
+    SUBMISSION,
+    fold_name,
+)
+from pneumo_core.runs.champion import read_champion
+from pneumo_core.runs.records import Evaluation
+from pneumo_core.runs.run import Run
 from pneumo_core.storage.base import ObjectStore
 
 READERS = 16  # parallel GETs: the store's latency, not its bandwidth, bounds a listing
@@ -56,13 +65,13 @@ def created_from_id(run_id: str) -> str | None:
 def list_runs(store: ObjectStore) -> list[RunSummary]:
     """Every run with a config.json, newest first (runs without a time in the id last)."""
     names: dict[str, set[str]] = defaultdict(set)
-    for key in store.list("runs/"):
+    for key in store.list(RUNS):
         parts = key.split("/", 2)
         if len(parts) == 3:
             names[parts[1]].add(parts[2])
     champion = read_champion(store)
     champion_id = champion.run_id if champion else None
-    run_ids = [r for r, files in names.items() if "config.json" in files]
+    run_ids = [r for r, files in names.items() if CONFIG in files]
     with ThreadPoolExecutor(READERS) as pool:
         summaries = list(
             pool.map(lambda r: _summary(store, r, names[r], r == champion_id), run_ids)
@@ -71,25 +80,25 @@ def list_runs(store: ObjectStore) -> list[RunSummary]:
 
 
 def _summary(store: ObjectStore, run_id: str, files: set[str], champion: bool) -> RunSummary:
-    config = store.get_json(run_key(run_id, "config.json"))
-    evaluation = _json_or_none(store, run_key(run_id, "evaluation.json"), files)
-    submission = run_key(run_id, "submission.csv")
+    """From the names `files` under the run's folder (one listing) and the few it holds."""
+    run = Run(store, run_id)
+    config = run.config_dict()
+    evaluation = run.evaluation() if EVALUATION in files else None
     test_images = None
-    if "submission.csv" in files:
-        test_images = max(0, len(store.get_text(submission).strip().splitlines()) - 1)
+    if SUBMISSION in files:
+        test_images = max(0, len(store.get_text(run.submission_key).strip().splitlines()) - 1)
     submitted = 0
-    if RECORD_NAME in files:
-        lines = store.get_text(run_key(run_id, RECORD_NAME)).splitlines()
-        submitted = sum(bool(json.loads(line).get("submitted")) for line in lines if line.strip())
+    if KAGGLE_SUBMISSIONS in files:
+        submitted = sum(bool(r.get("submitted")) for r in run.kaggle_records())
     n_folds = config.get("n_folds")
-    trained = sum(f"fold-{k}/done.json" in files for k in range(int(n_folds or 0)))
+    trained = sum(fold_name(k, DONE) in files for k in range(int(n_folds or 0)))
     return RunSummary(
         run_id=run_id,
         created=created_from_id(run_id),
         preset=config.get("preset"),
         folds_trained=trained,
         n_folds=n_folds,
-        oof_map=(evaluation or {}).get("oof_map"),
+        oof_map=evaluation.oof_map if evaluation else None,
         test_images=test_images,
         champion=champion,
         submitted=submitted,
@@ -101,15 +110,6 @@ def _config_hash(config: dict) -> str | None:
     try:
         return RunConfig.from_dict(config).config_hash()
     except InputError:  # a configuration of an older layout: listed, without a hash
-        return None
-
-
-def _json_or_none(store: ObjectStore, key: str, files: set[str]) -> dict | None:
-    if key.rsplit("/", 1)[-1] not in files:
-        return None
-    try:
-        return store.get_json(key)
-    except ObjectNotFound:
         return None
 
 
@@ -136,20 +136,23 @@ class Comparison:
 
 
 def compare_runs(store: ObjectStore, run_a: str, run_b: str) -> Comparison:
-    configs = [flatten(_stored(store, r, "config.json")) for r in (run_a, run_b)]
+    configs = [flatten(Run(store, r).config_dict()) for r in (run_a, run_b)]
     fields = sorted(set(configs[0]) | set(configs[1]))
     config_rows = [
         {"field": f, run_a: configs[0].get(f), run_b: configs[1].get(f)}
         for f in fields
         if f != "preset" and configs[0].get(f) != configs[1].get(f)
     ]
-    evaluations = [_evaluation(store, r) for r in (run_a, run_b)]
+    evaluations = [Run(store, r).evaluation() or Evaluation() for r in (run_a, run_b)]
     return Comparison(run_a, run_b, config_rows, figure_rows(run_a, run_b, *evaluations))
 
 
-def figure_rows(run_a: str, run_b: str, eval_a: dict, eval_b: dict) -> list[dict[str, Any]]:
+def figure_rows(
+    run_a: str, run_b: str, eval_a: Evaluation, eval_b: Evaluation
+) -> list[dict[str, Any]]:
     """Per-fold mAP, then every whole-run figure evaluation.json holds, for both runs."""
     folds = [_fold_maps(eval_a), _fold_maps(eval_b)]
+    eval_a, eval_b = _figures(eval_a), _figures(eval_b)
     rows = [
         {"figure": f"fold {k} mAP", run_a: folds[0].get(k), run_b: folds[1].get(k)}
         for k in sorted(set(folds[0]) | set(folds[1]))
@@ -165,20 +168,10 @@ def _is_figure(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _fold_maps(evaluation: dict) -> dict[int, float | None]:
-    return {int(r["fold"]): r.get("map") for r in evaluation.get("per_fold") or []}
+def _fold_maps(evaluation: Evaluation) -> dict[int, float | None]:
+    return {r.fold: r.map for r in evaluation.per_fold}
 
 
-def _stored(store: ObjectStore, run_id: str, name: str) -> dict:
-    try:
-        return store.get_json(run_key(run_id, name))
-    except ObjectNotFound:
-        raise InputError(f"run {run_id}: no {run_key(run_id, name)} in {store.uri}") from None
-
-
-def _evaluation(store: ObjectStore, run_id: str) -> dict:
-    _stored(store, run_id, "config.json")  # an unknown run is an error, not an empty column
-    try:
-        return store.get_json(run_key(run_id, "evaluation.json"))
-    except ObjectNotFound:
-        return {}
+def _figures(evaluation: Evaluation) -> dict[str, Any]:
+    """The evaluation's fields as stored, less the record's own format version."""
+    return evaluation.model_dump(exclude={"format_version"})

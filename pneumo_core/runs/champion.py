@@ -12,12 +12,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from pneumo_core.errors import InputError, ObjectNotFound, StorageError
+from pneumo_core.layout import CHAMPION_KEY, TRAIN_LABELS
 from pneumo_core.storage.base import ObjectStore
 
-CHAMPION_KEY = "models/champion.json"
 DEFAULT_MARGIN = 0.0
 PROMOTE_TRIES = 20  # conditional-write attempts when other runs keep promoting meanwhile
-LABELS_MEMBER = "stage_2_train_labels.csv"
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def data_digests(store: ObjectStore, manifest_key: str) -> tuple[str, str | None
         raise InputError(
             f"{store.url(manifest_key)} is missing: ingest the data set first"
         ) from None
-    labels = [m["sha256"] for m in manifest.get("members", []) if m["key"].endswith(LABELS_MEMBER)]
+    labels = [m["sha256"] for m in manifest.get("members", []) if m["key"].endswith(TRAIN_LABELS)]
     return str(manifest["digest"]), (labels[0] if labels else None)
 
 
@@ -108,9 +107,8 @@ def comparability(new: Champion, current: Champion) -> str | None:
 
 
 def read_champion(store: ObjectStore) -> Champion | None:
-    try:
-        data = store.get_json(CHAMPION_KEY)
-    except ObjectNotFound:
+    data = store.get_json_or_none(CHAMPION_KEY)
+    if data is None:
         return None
     return Champion.from_dict(data, source=store.url(CHAMPION_KEY))
 

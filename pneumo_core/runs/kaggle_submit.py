@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import random
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,14 +22,18 @@ from pneumo_core import DEFAULT_DATASET
 from pneumo_core.data.kaggle import kaggle_api
 from pneumo_core.errors import InputError, ObjectNotFound, PneumoError
 from pneumo_core.evaluation.submission import check_submission
-from pneumo_core.runs.ids import load_run_config, run_key  # not train: no torch at start
+from pneumo_core.layout import (
+    SAMPLE_SUBMISSION,
+    SUBMISSION,
+    raw_key,  # not train: no torch at start
+)
+from pneumo_core.runs.run import Run
+from pneumo_core.storage.backoff import sleep_before_retry
 from pneumo_core.storage.base import ObjectStore, file_sha256
 
 log = logging.getLogger(__name__)
 
 COMPETITION = DEFAULT_DATASET  # the competition's slug, as in kaggle://<competition>
-RECORD_NAME = "kaggle-submissions.jsonl"
-SAMPLE_NAME = "stage_2_sample_submission.csv"
 ATTEMPTS = 3
 BACKOFF_S = 2.0
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -67,11 +68,10 @@ class SubmissionRecord:
 
 def default_message(store: ObjectStore, run_id: str) -> str:
     """Run id, OOF mAP and configuration hash: enough to find the run from Kaggle's list."""
-    config_hash = load_run_config(store, run_id).config_hash()
-    try:
-        oof_map = store.get_json(run_key(run_id, "evaluation.json")).get("oof_map")
-    except ObjectNotFound:
-        oof_map = None
+    run = Run(store, run_id)
+    config_hash = run.config().config_hash()
+    evaluation = run.evaluation()
+    oof_map = evaluation.oof_map if evaluation else None
     figure = "n/a" if oof_map is None else f"{oof_map:.4f}"
     return f"pneumo run {run_id} | OOF mAP {figure} | config {config_hash[:12]}"
 
@@ -79,11 +79,12 @@ def default_message(store: ObjectStore, run_id: str) -> str:
 def checked_submission(store: ObjectStore, run_id: str, folder: Path) -> Path:
     """The run's submission.csv in `folder`, checked against the ingested sample submission;
     InputError naming the rows Kaggle would reject."""
-    dataset = load_run_config(store, run_id).dataset
-    key = run_key(run_id, "submission.csv")
-    path = folder / "submission.csv"
-    sample = folder / SAMPLE_NAME
-    for source, dest in ((key, path), (f"raw/{dataset}/{SAMPLE_NAME}", sample)):
+    run = Run(store, run_id)
+    dataset = run.config().dataset
+    key = run.submission_key
+    path = folder / SUBMISSION
+    sample = folder / SAMPLE_SUBMISSION
+    for source, dest in ((key, path), (raw_key(dataset, SAMPLE_SUBMISSION), sample)):
         try:
             store.get_file(source, dest)
         except ObjectNotFound:
@@ -128,21 +129,20 @@ def submit_run(
                 if not exc.transient or tried == attempts:
                     break
                 log.warning("Kaggle submission try %d of %d failed: %s", tried, attempts, exc)
-                delay = BACKOFF_S if backoff_s is None else backoff_s
-                time.sleep(delay * 2 ** (tried - 1) * random.uniform(0.5, 1.0))
+                sleep_before_retry(tried, BACKOFF_S if backoff_s is None else backoff_s)
     record = SubmissionRecord(
         time=datetime.now(UTC).isoformat(timespec="seconds"),
         run_id=run_id,
         competition=competition,
         message=message,
-        file=store.url(run_key(run_id, "submission.csv")),
+        file=store.url(Run(store, run_id).submission_key),
         sha256=sha,
         submitted=error is None,
         answer=str(error) if error else str(answer.message),
         ref=None if error else int(answer.ref),
         attempts=tried,
     )
-    append_record(store, run_id, record)
+    Run(store, run_id).append_kaggle_record(record.to_dict())
     if error is not None:
         raise error
     return record
@@ -190,21 +190,3 @@ def _hint(status: int | None, competition: str) -> str:
 
 def _one_line(value: object) -> str:
     return " ".join(str(value).split())[:300]
-
-
-def append_record(store: ObjectStore, run_id: str, record: SubmissionRecord) -> None:
-    key = run_key(run_id, RECORD_NAME)
-    try:
-        text = store.get_text(key)
-    except ObjectNotFound:
-        text = ""
-    store.put_text(key, text + json.dumps(record.to_dict(), sort_keys=True) + "\n")
-
-
-def read_records(store: ObjectStore, run_id: str) -> list[dict[str, Any]]:
-    """The run's submissions, oldest first (empty when never submitted)."""
-    try:
-        text = store.get_text(run_key(run_id, RECORD_NAME))
-    except ObjectNotFound:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pneumo_core.runs.ids import run_key
+from pneumo_core.layout import (
+    CHECKPOINT_BEST,
+    CONFIG,
+    EVALUATION,
+    MODEL_CARD,
+    PLOTS,
+    REPORT,
+    SUBMISSION,
+    run_key,
+)
+from pneumo_core.settings import settings
 from pneumo_core.storage.base import ObjectStore
 
 PUBLIC_ENDPOINT_ENV = "PNEUMO_S3_PUBLIC_ENDPOINT"
@@ -36,7 +45,7 @@ class Link:
 
 
 def public_endpoint() -> str | None:
-    return os.environ.get(PUBLIC_ENDPOINT_ENV) or None
+    return settings().s3_public_endpoint
 
 
 def link(store: ObjectStore, key: str, expires_s: int = MAX_EXPIRY_S) -> Link:
@@ -49,14 +58,17 @@ def link(store: ObjectStore, key: str, expires_s: int = MAX_EXPIRY_S) -> Link:
     return Link(key, url, expires)
 
 
-RUN_OUTPUTS = ("report.md", "model-card.md", "submission.csv", "evaluation.json", "config.json")
+RUN_OUTPUTS = (REPORT, MODEL_CARD, SUBMISSION, EVALUATION, CONFIG)
 
 
 def run_links(store: ObjectStore, run_id: str, expires_s: int = MAX_EXPIRY_S) -> dict[str, Link]:
     """Fresh links to a run's outputs that exist: documents, plots, best checkpoints."""
     keys = store.list(run_key(run_id, ""))
     wanted = {run_key(run_id, name) for name in RUN_OUTPUTS}
-    chosen = [k for k in keys if k in wanted or "/plots/" in k or k.endswith("/checkpoint-best.pt")]
+    plots = run_key(run_id, PLOTS + "/")
+    chosen = [
+        k for k in keys if k in wanted or k.startswith(plots) or k.endswith("/" + CHECKPOINT_BEST)
+    ]
     prefix = run_key(run_id, "")
     return {k.removeprefix(prefix): link(store, k, expires_s) for k in chosen}
 

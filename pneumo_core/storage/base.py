@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pneumo_core.errors import InputError
+from pneumo_core.errors import InputError, ObjectNotFound
 
 T = TypeVar("T")
 
@@ -164,7 +164,21 @@ class ObjectStore(ABC):
         self.put_text(key, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
     def get_json(self, key: str) -> Any:
-        text = self.get_text(key)
+        return self._parsed_json(key, self.get_text(key))
+
+    def get_text_or_none(self, key: str) -> str | None:
+        """An optional object's text: None when it does not exist (yet)."""
+        try:
+            return self.get_text(key)
+        except ObjectNotFound:
+            return None
+
+    def get_json_or_none(self, key: str) -> Any:
+        """An optional object's JSON: None when it does not exist, InputError if not JSON."""
+        text = self.get_text_or_none(key)
+        return None if text is None else self._parsed_json(key, text)
+
+    def _parsed_json(self, key: str, text: str) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:

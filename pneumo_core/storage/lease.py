@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from pneumo_core.errors import StorageError
+from pneumo_core.settings import settings
 from pneumo_core.storage.base import ObjectStore
-from pneumo_core.storage.s3 import _env_number
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,9 @@ class Lease:
 @contextlib.contextmanager
 def lease(store: ObjectStore, key: str, what: str) -> Iterator[Lease]:
     """Hold the lock `key` for the block (waiting while another writer holds it)."""
-    ttl_s = _env_number("PNEUMO_LOCK_TTL_S", 120.0, float)
-    wait_s = _env_number("PNEUMO_LOCK_WAIT_S", 900.0, float)
-    held = Lease(store, key, what, max(ttl_s, 1.0))
-    _acquire(held, wait_s)
+    knobs = settings()
+    held = Lease(store, key, what, max(knobs.lock_ttl_s, 1.0))
+    _acquire(held, knobs.lock_wait_s)
     stop = threading.Event()
     renewer = threading.Thread(target=_renew, args=(held, stop), daemon=True)
     renewer.start()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import os
-import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pneumo_core.errors import InputError, ObjectNotFound, StorageError, TransientStorageError
+from pneumo_core.settings import settings
+from pneumo_core.storage.backoff import sleep_before_retry
 from pneumo_core.storage.base import (
     CHUNK,
     TMP_SUFFIX,
@@ -25,45 +24,7 @@ from pneumo_core.storage.base import (
     file_sha256,
     source_file,
 )
-
-_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
-_TRANSIENT_CODES = {
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "PriorRequestNotComplete",
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "BandwidthLimitExceeded",
-}
-_CONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-_CREDENTIAL_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "403",
-    "Forbidden",
-    "InvalidToken",
-    "ExpiredToken",
-}
-
-
-def _env_number(name: str, default: float, kind: Callable[[str], float]) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise InputError(f"environment variable {name}={raw!r} is not a number") from None
-    if value < 0:
-        raise InputError(f"environment variable {name}={raw!r} must not be negative")
-    return value
+from pneumo_core.storage.s3_errors import CONDITION_CODES, NOT_FOUND_CODES, error_code, translate
 
 
 class S3Store(ObjectStore):
@@ -108,15 +69,10 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.prefix = check_prefix(prefix.strip("/")).strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self.max_attempts = max(
-            1, int(max_attempts or _env_number("PNEUMO_S3_MAX_ATTEMPTS", 10, int))
-        )
-        self.backoff_s = (
-            backoff_s if backoff_s is not None else _env_number("PNEUMO_S3_BACKOFF_S", 0.5, float)
-        )
-        self.cache_dir = Path(
-            cache_dir or os.environ.get("PNEUMO_CACHE_DIR") or Path.home() / ".cache" / "pneumo"
-        ).expanduser()
+        knobs = settings()
+        self.max_attempts = max(1, int(max_attempts or knobs.s3_max_attempts))
+        self.backoff_s = backoff_s if backoff_s is not None else knobs.s3_backoff_s
+        self.cache_dir = Path(cache_dir or knobs.cache_dir).expanduser()
         session = boto3.session.Session(
             aws_access_key_id=access_key, aws_secret_access_key=secret_key
         )
@@ -149,14 +105,14 @@ class S3Store(ObjectStore):
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._full(check_key(key))}"
 
-    # -- retries and error translation -------------------------------------------------------
+    # -- retries and error translation (the mapping itself: s3_errors.py) ---------------------
 
     def _call(self, action: str, key: str | None, fn: Callable[[], T]) -> T:
         """Run one S3 operation (botocore has retried what a retry can fix); translate errors."""
         try:
             return fn()
         except Exception as exc:
-            error = self._translate(action, key, exc)
+            error = translate(exc, action, key, self)
             if error is None:
                 raise
             raise error from exc
@@ -177,72 +133,18 @@ class S3Store(ObjectStore):
             except (Broken, IncompleteReadError, ReadTimeoutError) as exc:
                 if attempt == self.max_attempts:
                     raise TransientStorageError(
-                        f"S3 GET of {self._where(key)}: the body broke off in each of "
+                        f"S3 GET of {self.where(key)}: the body broke off in each of "
                         f"{self.max_attempts} attempts ({exc})"
                     ) from exc
-                delay = min(self.MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
-                time.sleep(delay * random.uniform(0.5, 1.0))
+                sleep_before_retry(attempt, self.backoff_s, self.MAX_BACKOFF_S)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _where(self, key: str | None) -> str:
+    def where(self, key: str | None) -> str:
+        """The object (or the store) and the endpoint, as error messages name them."""
         target = f"s3://{self.bucket}/{self._full(key)}" if key is not None else self.uri
         return f"{target} (endpoint {self.endpoint})"
 
-    def _translate(self, action: str, key: str | None, exc: Exception) -> Exception | None:
-        """Map a boto3 failure to our error types; messages name bucket, key and endpoint only."""
-        from boto3.exceptions import RetriesExceededError, S3UploadFailedError
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError,
-            HTTPClientError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
-
-        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
-            return self._translate(action, key, exc.__context__)
-        if isinstance(exc, RetriesExceededError) and isinstance(exc.last_exception, Exception):
-            return self._translate(action, key, exc.last_exception)
-        where = self._where(key)
-        if isinstance(exc, ConnectionError | HTTPClientError):
-            return TransientStorageError(
-                f"S3 {action} of {where} failed after {self.max_attempts} attempts: {exc}"
-            )
-        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            return StorageError(
-                f"S3 {action} of {where}: no complete credentials; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or an AWS profile)"
-            )
-        if not isinstance(exc, ClientError):
-            return None
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        if 400 <= status < 500 and not any(h.lower().startswith("x-amz-") for h in headers):
-            return StorageError(  # every S3 server (AWS, MinIO, SeaweedFS) sends x-amz-*
-                f"S3 {action} of {where}: the endpoint answered HTTP {status} without any "
-                "S3 header: it is not an S3 endpoint (check AWS_ENDPOINT_URL)"
-            )
-        if code == "NoSuchBucket" or (code in _NOT_FOUND_CODES and not self._bucket_exists()):
-            return StorageError(
-                f"S3 bucket {self.bucket!r} does not exist at endpoint {self.endpoint}"
-            )
-        if code in _NOT_FOUND_CODES:
-            return ObjectNotFound(f"{self.url(key) if key else self.uri} does not exist")
-        if code in _TRANSIENT_CODES or status >= 500:
-            return TransientStorageError(
-                f"S3 {action} of {where} failed after {self.max_attempts} attempts "
-                f"({code or status})"
-            )
-        if code in _CREDENTIAL_CODES:
-            return StorageError(
-                f"S3 {action} of {where} was refused ({code}): check the credentials "
-                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket's permissions"
-            )
-        message = exc.response.get("Error", {}).get("Message", "")
-        return StorageError(f"S3 {action} of {where} failed ({code or status}): {message}")
-
-    def _bucket_exists(self) -> bool:
+    def bucket_exists(self) -> bool:
         """A HEAD's 404 does not say whether the key or the bucket is missing; ask once."""
         from botocore.exceptions import ClientError
 
@@ -250,8 +152,7 @@ class S3Store(ObjectStore):
             try:
                 self._client.head_bucket(Bucket=self.bucket)
             except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                return code not in _NOT_FOUND_CODES | {"NoSuchBucket"}
+                return error_code(exc.response) not in NOT_FOUND_CODES | {"NoSuchBucket"}
             except Exception:
                 return True  # cannot tell; the caller reports the missing key
             self._bucket_seen = True
@@ -346,7 +247,7 @@ class S3Store(ObjectStore):
             if result.get("Errors"):
                 first = result["Errors"][0]
                 raise StorageError(
-                    f"S3 DELETE of {self._where(prefix or None)}: {len(result['Errors'])} keys "
+                    f"S3 DELETE of {self.where(prefix or None)}: {len(result['Errors'])} keys "
                     f"failed, e.g. {first.get('Key')} ({first.get('Code')})"
                 )
         return len(keys)
@@ -396,7 +297,7 @@ class S3Store(ObjectStore):
                     ContentMD5=_content_md5(data), **condition,
                 )  # fmt: skip
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in _CONDITION_CODES:
+                if error_code(exc.response) in CONDITION_CODES:
                     return False
                 raise
             return True

@@ -252,7 +252,7 @@ def test_folds_train_in_containers_and_a_killed_fold_resumes(
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pneumo_core.data import synthetic
+    from pneumo_core.data.synthetic import generate
     from pneumo_core.evaluation import submission
     from pneumo_core.storage.s3 import S3Store
 
@@ -262,9 +262,7 @@ def test_folds_train_in_containers_and_a_killed_fold_resumes(
         access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key,
         cache_dir=tmp_path / "cache",
     )  # fmt: skip
-    archive = synthetic.generate(
-        tmp_path / "synth", n_train=24, n_test=4, image_size=96, seed=5, zip=True
-    )
+    archive = generate(tmp_path / "synth", n_train=24, n_test=4, image_size=96, seed=5, zip=True)
     store.put_file("incoming/rsna.zip", archive)
     parameters = {
         "source": store.url("incoming/rsna.zip"),

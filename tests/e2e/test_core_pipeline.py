@@ -25,20 +25,16 @@ import torch
 
 from flows.cli.main import main
 from pneumo_core.data.labels import load_targets
-from pneumo_core.data.synthetic import (
-    SAMPLE_SUBMISSION,
-    TEST_IMAGES,
-    TRAIN_IMAGES,
-    TRAIN_LABELS,
-    hidden_truth_path,
-)
+from pneumo_core.data.synthetic import hidden_truth_path
 from pneumo_core.errors import InputError
 from pneumo_core.evaluation import evaluate
 from pneumo_core.evaluation.metric import image_precision, mean_scored
 from pneumo_core.evaluation.submission import read_submission
+from pneumo_core.layout import SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS, fold_key
 from pneumo_core.model.predict import load_fold_models
+from pneumo_core.runs.run import load_run_config
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import fold_key, load_checkpoint, load_run_config
+from pneumo_core.train.checkpoint import load_checkpoint
 
 MIN_OOF_MAP = 0.15
 N_TRAIN, N_TEST, PIXELS = 300, 300, 256
@@ -110,7 +106,7 @@ def test_out_of_fold_map_is_clearly_above_zero(trained):
     _, storage, run = trained
     result = evaluate.evaluate_run(open_store(storage), run)
     print(f"OOF mAP {result['oof_map']:.4f} threshold {result['threshold']}")
-    assert result["oof_map"] > MIN_OOF_MAP
+    assert result.oof_map > MIN_OOF_MAP
 
 
 def test_predict_writes_a_valid_submission_with_original_size_boxes(trained, tmp_path):
@@ -152,8 +148,8 @@ def test_oof_map_is_calibrated_against_the_held_out_test_images(trained, tmp_pat
     )
     test_map, scored = mean_scored(values)
     test_se = np.nanstd(values, ddof=1) / np.sqrt(scored)
-    se = float(np.hypot(test_se, result["oof_map_se"]))
-    gap = abs(result["oof_map"] - test_map)
+    se = float(np.hypot(test_se, result.oof_map_se))
+    gap = abs(result.oof_map - test_map)
     print(
         f"OOF mAP {result['oof_map']:.4f} (SE {result['oof_map_se']:.4f}, in-sample "
         f"{result['oof_map_in_sample']:.4f}); test mAP {test_map:.4f} (SE {test_se:.4f}, "

@@ -16,7 +16,7 @@ import pytest
 from flows.cli.main import main
 from flows.pipeline import pipeline
 from flows.predict import predict_flow
-from pneumo_core.data import synthetic
+from pneumo_core.data.synthetic import generate
 from pneumo_core.evaluation.submission import check_submission
 from pneumo_core.runs import champion
 from pneumo_core.storage.base import ObjectStore
@@ -44,7 +44,7 @@ def one_thread() -> None:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    return synthetic.generate(out, n_train=N_TRAIN, n_test=N_TEST, image_size=96, seed=5)
+    return generate(out, n_train=N_TRAIN, n_test=N_TEST, image_size=96, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +188,13 @@ def test_pipeline_on_file_store(file_run: dict[str, Any], dataset: Path) -> None
     state = file_run["state"]
     assert state.is_completed(), state.message
     summary = state.result()
-    run_id = summary["run_id"]
+    run_id = summary.run_id
     assert run_id == RUN_ID
     store = open_store(file_run["storage"])
     check_outputs(store, run_id, dataset)
-    assert summary["promoted"] and "no champion yet" in summary["promotion"]
+    assert summary.promoted and "no champion yet" in summary.promotion
     assert champion.read_champion(store).run_id == run_id
-    assert summary["submission"] == store.url(f"runs/{run_id}/submission.csv")
+    assert summary.submission == store.url(f"runs/{run_id}/submission.csv")
 
     links = check_pipeline_in_prefect(file_run["flow_run_id"], run_id)
     for key, name in [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core.data import synthetic
+from pneumo_core.data.synthetic import generate
 from tests.integration.conftest import descendants
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def _cmdline(pid: int) -> str:
 
 
 def test_sigkill_of_pneumo_run_leaves_no_process_behind(tmp_path: Path) -> None:
-    data = synthetic.generate(tmp_path / "data", n_train=48, n_test=4, image_size=96, seed=7)
+    data = generate(tmp_path / "data", n_train=48, n_test=4, image_size=96, seed=7)
     store = tmp_path / "store"
     env = {
         **os.environ,

@@ -8,16 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from pneumo_core.config.run import preset
-from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import create_run, load_checkpoint, train_fold
+from pneumo_core.train.checkpoint import load_checkpoint
+from pneumo_core.train.fold import train_fold
 
 
 def test_folds_trained_at_once_match_folds_trained_alone(tmp_path):
-    src = synthetic.generate(tmp_path / "data", n_train=24, n_test=0, image_size=128, seed=2)
+    src = generate(tmp_path / "data", n_train=24, n_test=0, image_size=128, seed=2)
     store = open_store(str(tmp_path / "store"))
-    kaggle.ingest(str(src), store, progress=False)
-    prepare.prepare_dataset(store, image_size=64, n_folds=2, workers=1)
+    ingest(str(src), store, progress=False)
+    prepare_dataset(store, image_size=64, n_folds=2, workers=1)
     config = preset("ci", image_size=64, fpn_channels=32, epochs=2, max_parallel_folds=2)
     folds = range(config.n_folds)
     threads = torch.get_num_threads()

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import load_checkpoint, train_fold
+from pneumo_core.train.checkpoint import load_checkpoint
+from pneumo_core.train.fold import train_fold
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 4
@@ -35,10 +38,10 @@ def _trained_epochs(log: str) -> list[int]:
 
 
 def test_killed_fold_resumes_without_repeating_an_epoch(tmp_path):
-    src = synthetic.generate(tmp_path / "data", n_train=60, n_test=2, image_size=128, seed=1)
+    src = generate(tmp_path / "data", n_train=60, n_test=2, image_size=128, seed=1)
     store = open_store(str(tmp_path / "store"))
-    kaggle.ingest(str(src), store, progress=False)
-    prepare.prepare_dataset(store, image_size=64, n_folds=2, workers=1)
+    ingest(str(src), store, progress=False)
+    prepare_dataset(store, image_size=64, n_folds=2, workers=1)
     storage, run = store.uri, "resume"
     last = tmp_path / "store" / "runs" / run / "fold-0" / "checkpoint-last.pt"
 
@@ -67,5 +70,5 @@ def test_killed_fold_resumes_without_repeating_an_epoch(tmp_path):
 
     # A finished fold is not trained again: the stored result comes straight back.
     started = time.monotonic()
-    assert train_fold(store, run, 0) == done
+    assert train_fold(store, run, 0).to_json() == done
     assert time.monotonic() - started < 5

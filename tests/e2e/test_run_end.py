@@ -12,7 +12,9 @@ import pytest
 
 from flows.pipeline import pipeline
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.synthetic import generate
+from pneumo_core.layout import prepared_prefix
 from pneumo_core.model import predict
 from pneumo_core.runs import champion
 from pneumo_core.storage.open import open_store
@@ -34,13 +36,13 @@ def test_bad_test_image_strays_and_failed_predict_still_end_the_run(
     import torch
 
     torch.set_num_threads(1)
-    data = synthetic.generate(tmp_path / "data", n_train=24, n_test=4, image_size=96, seed=5)
+    data = generate(tmp_path / "data", n_train=24, n_test=4, image_size=96, seed=5)
     bad = sorted((data / "stage_2_test_images").glob("*.dcm"))[0]
     bad.write_bytes(bad.read_bytes()[:300])  # truncated: prepare quarantines it
     store = open_store(tmp_path / "store")
     # An earlier ingest of another source leaves its test images in the store.
-    other = synthetic.generate(tmp_path / "other", n_train=4, n_test=2, image_size=96, seed=9)
-    kaggle.ingest(str(other), store, progress=False)
+    other = generate(tmp_path / "other", n_train=4, n_test=2, image_size=96, seed=9)
+    ingest(str(other), store, progress=False)
     strays = {p.stem for p in (other / "stage_2_test_images").glob("*.dcm")}
     wanted = _rows((data / "stage_2_sample_submission.csv").read_text())
     assert strays and not strays & set(wanted)
@@ -67,7 +69,7 @@ def test_bad_test_image_strays_and_failed_predict_still_end_the_run(
     # The cause fixed, a resume redoes only the prediction (no training, no evaluation); a
     # prepared object damaged meanwhile is found by its checksum and rebuilt before use.
     blocker.rmdir()
-    damaged = f"{prepare.prepared_prefix(DEFAULT_DATASET, 64)}images-test.npy"
+    damaged = f"{prepared_prefix(DEFAULT_DATASET, 64)}images-test.npy"
     whole = store.get_bytes(damaged)
     store.put_bytes(damaged, whole[:-100])
     resumed = pipeline(

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from flows.pipeline import pipeline
-from pneumo_core.data import synthetic
+from pneumo_core.data.synthetic import generate
 from pneumo_core.runs.links import PUBLIC_ENDPOINT_ENV
 from pneumo_core.storage.open import open_store
 from tests.conftest import S3Server
@@ -61,15 +61,15 @@ def test_ui_artifacts_open_from_a_browser(
 ) -> None:
     public = seaweedfs.endpoint.replace("127.0.0.1", "localhost")  # another name, as a browser's
     monkeypatch.setenv(PUBLIC_ENDPOINT_ENV, public)
-    data = synthetic.generate(tmp_path / "data", N_TRAIN, N_TEST, image_size=96, seed=5)
+    data = generate(tmp_path / "data", N_TRAIN, N_TEST, image_size=96, seed=5)
     state = pipeline(
         source=str(data), storage=s3_storage, preset="ci", overrides=OVERRIDES, submit=True,
         return_state=True,
     )  # fmt: skip
     assert state.is_completed(), state.message
     summary = state.result()
-    run_id = summary["run_id"]
-    assert summary["promoted"] and summary["kaggle"]["submitted"]
+    run_id = summary.run_id
+    assert summary.promoted and summary.kaggle["submitted"]
     found = artifacts([state.state_details.flow_run_id])
     by_key = {a.key: a for a in found if a.key}
 
@@ -107,7 +107,7 @@ def test_ui_artifacts_open_from_a_browser(
     (sent,) = kaggle_stand_in.uploads.values()
     assert sent == store.get_bytes(f"runs/{run_id}/submission.csv")
     (row,) = json.loads(by_key["kaggle-submissions"].data)
-    assert row["ref"] == summary["kaggle"]["ref"] and run_id in row["message"]
+    assert row["ref"] == summary.kaggle["ref"] and run_id in row["message"]
 
     stored = store.get_text(f"runs/{run_id}/report.md")
     relative = [*IMAGE.findall(stored), "model-card.md"]

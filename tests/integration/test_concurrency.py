@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import kaggle, synthetic
+from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import StorageError
+from pneumo_core.layout import ingest_lock_key, manifest_key
 from pneumo_core.runs import champion
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.open import open_store
@@ -135,13 +136,13 @@ def test_conditional_writes_lose_no_update_between_racing_processes(base: str) -
 INGESTER = textwrap.dedent(
     """
     import sys, time
-    from pneumo_core.data import kaggle
+    from pneumo_core.data import ingest
     from pneumo_core.storage.open import open_store
     source, base, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
     store = open_store(base)
     while time.time() < start:
         pass
-    print(kaggle.ingest(source, store, progress=False).digest, flush=True)
+    print(ingest.ingest(source, store, progress=False).digest, flush=True)
     """
 )
 
@@ -152,7 +153,7 @@ def test_two_ingests_at_once_leave_a_manifest_that_describes_the_store(
     """Two different sources ingested into one store at the same instant: one waits for the
     other's lock, and the manifest names exactly the bytes that are stored."""
     sources = [
-        synthetic.generate(tmp_path / f"source-{seed}", n_train=40, n_test=10, image_size=256,
+        generate(tmp_path / f"source-{seed}", n_train=40, n_test=10, image_size=256,
                            seed=seed)
         for seed in (1, 2)
     ]  # fmt: skip
@@ -169,11 +170,11 @@ def test_two_ingests_at_once_leave_a_manifest_that_describes_the_store(
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
     store = open_store(base)
-    manifest = store.get_json(kaggle.manifest_key(DEFAULT_DATASET))
+    manifest = store.get_json(manifest_key(DEFAULT_DATASET))
     assert manifest["source"] in {str(s.resolve()) for s in sources}
     wrong = [m["key"] for m in manifest["members"] if store.sha256(m["key"]) != m["sha256"]]
     assert not wrong, f"{len(wrong)} stored objects differ from the manifest, e.g. {wrong[0]}"
-    assert not store.exists(kaggle.ingest_lock_key(DEFAULT_DATASET))
+    assert not store.exists(ingest_lock_key(DEFAULT_DATASET))
 
 
 TTL_S = 15

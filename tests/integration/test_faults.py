@@ -19,14 +19,18 @@ from pathlib import Path
 import pytest
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data import kaggle
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import cache_problems, prepare_dataset
+from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import TransientStorageError
+from pneumo_core.layout import manifest_key, prepared_prefix
 from pneumo_core.runs import champion
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.s3 import S3Store
 from tests.seaweedfs import S3Server
 
-PREFIX = prepare.prepared_prefix(DEFAULT_DATASET, 32)
+PREFIX = prepared_prefix(DEFAULT_DATASET, 32)
 
 
 class OutageProxy:
@@ -122,7 +126,7 @@ def _store(
 
 
 def _check_against_manifest(store: ObjectStore) -> dict:
-    manifest = store.get_json(kaggle.manifest_key(DEFAULT_DATASET))
+    manifest = store.get_json(manifest_key(DEFAULT_DATASET))
     wrong = [m["key"] for m in manifest["members"] if store.sha256(m["key"]) != m["sha256"]]
     assert not wrong, f"objects differ from the manifest: {wrong[:3]}"
     sizes = [(m["key"], store.size(m["key"]), m["size"]) for m in manifest["members"]]
@@ -134,7 +138,7 @@ def _check_against_manifest(store: ObjectStore) -> dict:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    return synthetic.generate(out, n_train=60, n_test=20, image_size=128, seed=4)
+    return generate(out, n_train=60, n_test=20, image_size=128, seed=4)
 
 
 def _stored(direct: S3Store) -> int:
@@ -153,7 +157,7 @@ def test_store_outage_within_the_retry_window_is_survived(
     went_down = threading.Event()
     outage = threading.Thread(target=_outage_after, args=(proxy, direct, 20, 2.0, went_down))
     outage.start()
-    result = kaggle.ingest(str(source), store, progress=False)
+    result = ingest(str(source), store, progress=False)
     outage.join()
     assert went_down.is_set()
     assert result.uploaded == result.members == 83
@@ -192,9 +196,9 @@ def test_a_longer_outage_fails_clearly_and_a_rerun_uploads_only_what_is_missing(
     )
     outage.start()
     with pytest.raises(TransientStorageError, match=r"S3 .* failed after 2 attempts") as raised:
-        kaggle.ingest(str(source), store, progress=False)
+        ingest(str(source), store, progress=False)
     assert seaweedfs.secret_key not in str(raised.value)
-    assert not direct.exists(kaggle.manifest_key(DEFAULT_DATASET))  # no manifest over half
+    assert not direct.exists(manifest_key(DEFAULT_DATASET))  # no manifest over half
     stored = direct.list(f"raw/{DEFAULT_DATASET}/")
     assert 20 <= len(stored) < 83
     # every object stored is whole: a PUT the outage cut off was refused by its Content-MD5
@@ -205,7 +209,7 @@ def test_a_longer_outage_fails_clearly_and_a_rerun_uploads_only_what_is_missing(
 
     proxy.up.set()  # the store is back: the re-run uploads what is missing, nothing more
     assert went_down.is_set()
-    result = kaggle.ingest(str(source), store, progress=False)
+    result = ingest(str(source), store, progress=False)
     assert result.uploaded == 83 - len(stored) and result.skipped == len(stored)
     _check_against_manifest(direct)
     direct.delete_prefix("")
@@ -298,7 +302,7 @@ def test_an_interrupted_kaggle_download_is_never_ingested_and_a_retry_ingests_on
 
     from tasks.data import ingest
 
-    archive = synthetic.generate(tmp_path / "zip", n_train=6, n_test=2, image_size=64, zip=True)
+    archive = generate(tmp_path / "zip", n_train=6, n_test=2, image_size=64, zip=True)
     api = CutDownload(archive)
     monkeypatch.setattr(kaggle, "kaggle_api", lambda: api)
     store_dir = tmp_path / "store"
@@ -325,18 +329,18 @@ def test_an_interrupted_kaggle_download_is_never_ingested_and_a_retry_ingests_on
 def test_a_damaged_prepared_object_is_detected_named_and_rebuilt(
     store: ObjectStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    src = synthetic.generate(tmp_path / "data", n_train=8, n_test=2, image_size=64, seed=2)
-    kaggle.ingest(str(src), store, progress=False)
-    prepare.prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
-    assert prepare.cache_problems(store, DEFAULT_DATASET, 32) == []
+    src = generate(tmp_path / "data", n_train=8, n_test=2, image_size=64, seed=2)
+    ingest(str(src), store, progress=False)
+    prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
+    assert cache_problems(store, DEFAULT_DATASET, 32) == []
     key = PREFIX + "images-train.npy"
     whole = store.get_bytes(key)
     store.put_bytes(key, whole[: len(whole) // 2])  # truncated in the store
 
-    [problem] = prepare.cache_problems(store, DEFAULT_DATASET, 32)
+    [problem] = cache_problems(store, DEFAULT_DATASET, 32)
     assert store.url(key) in problem and "does not match the sha256" in problem
     caplog.set_level(logging.WARNING, logger="pneumo_core.data.prepare")
-    result = prepare.prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
+    result = prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
     assert not result.reused and store.url(key) in caplog.text
     assert store.get_bytes(key) == whole
-    assert prepare.cache_problems(store, DEFAULT_DATASET, 32) == []
+    assert cache_problems(store, DEFAULT_DATASET, 32) == []

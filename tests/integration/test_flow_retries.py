@@ -22,10 +22,12 @@ import pytest
 from flows.pipeline import pipeline
 from flows.train_fold import train_fold_flow
 from pneumo_core.config.run import preset
-from pneumo_core.data import kaggle, prepare, synthetic
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.open import open_store
 from pneumo_core.storage.s3 import S3Store
-from pneumo_core.train.fold import create_run
 from tests.seaweedfs import S3Server
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -116,10 +118,10 @@ def s3_run(seaweedfs: S3Server, tmp_path: Path) -> Iterator[tuple[str, str]]:
         access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key,
         cache_dir=tmp_path / "setup-cache",
     )  # fmt: skip
-    data = synthetic.generate(tmp_path / "synth", n_train=16, n_test=2, image_size=96, seed=2)
+    data = generate(tmp_path / "synth", n_train=16, n_test=2, image_size=96, seed=2)
     config = preset("ci", image_size=64, epochs=1)
-    kaggle.ingest(str(data), store, dataset=config.dataset, progress=False)
-    prepare.prepare_dataset(store, config.dataset, 64, config.n_folds, config.seed, workers=1)
+    ingest(str(data), store, dataset=config.dataset, progress=False)
+    prepare_dataset(store, config.dataset, 64, config.n_folds, config.seed, workers=1)
     run_id = create_run(store, config)
     yield f"s3://{seaweedfs.bucket}/{prefix}", run_id
     store.delete_prefix("")
@@ -152,7 +154,7 @@ def test_store_dropping_connections_is_retried_and_the_fold_completes(
         assert proxy.dropped == 2
 
     assert state.is_completed(), state.message
-    assert state.result()["epochs"] == 1
+    assert state.result().epochs == 1
     assert open_store(storage).exists(f"runs/{run_id}/fold-0/done.json")
     runs = task_runs_of(state.state_details.flow_run_id, "train-fold-0")
     training = runs["train-fold-0"]
@@ -248,7 +250,7 @@ def test_fold_failing_on_its_worker_is_retried_then_fails_the_pipeline_naming_it
     worker_log = prefect_server.start_worker(
         pool, extra_env={**store_env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
     )
-    source = synthetic.generate(tmp_path / "synth", n_train=16, n_test=2, image_size=96, seed=2)
+    source = generate(tmp_path / "synth", n_train=16, n_test=2, image_size=96, seed=2)
     repo = Path(__file__).resolve().parents[2]
     args = {"repo": str(repo), "pool": pool, "source": str(source), "storage": s3_env}
     done = subprocess.run(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pneumo_core.data import synthetic
+from pneumo_core.data.synthetic import generate
 from tasks.training import train_fold_on_worker
 from tasks.worker_runs import NotPickedUp
 from tests.integration.conftest import REPO, PrefectServer, stop_tree
@@ -76,7 +76,7 @@ PIPELINE = textwrap.dedent(
 def test_a_fold_no_worker_picks_up_fails_the_pipeline_naming_the_pool(
     prefect_server: PrefectServer, idle_deployment: str, tmp_path: Path
 ) -> None:
-    data = synthetic.generate(tmp_path / "data", n_train=12, n_test=2, image_size=64, seed=3)
+    data = generate(tmp_path / "data", n_train=12, n_test=2, image_size=64, seed=3)
     before = {r.id for r in runs_of(idle_deployment)}
     process = subprocess.Popen(
         [sys.executable, "-c", PIPELINE, str(data), (tmp_path / "store").as_uri(),

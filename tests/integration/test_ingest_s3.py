@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import synthetic
-from pneumo_core.data.kaggle import ingest, manifest_key
-from pneumo_core.data.prepare import prepare_dataset, prepared_prefix
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import InputError, ObjectNotFound
+from pneumo_core.layout import TRAIN_LABELS, manifest_key, prepared_prefix
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.local import LocalStore
 from pneumo_core.storage.open import open_store
@@ -27,7 +28,7 @@ PREFIX = f"raw/{DEFAULT_DATASET}/"
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic.generate(
+    return generate(
         tmp_path_factory.mktemp("synth"), n_train=12, n_test=3, image_size=96, seed=11, zip=True
     )
 
@@ -72,7 +73,7 @@ def test_into_s3_rerun_skips_and_hostile_archive_changes_nothing(
     before = {k: s3_store.get_bytes(k) for k in s3_store.list("")}
     hostile = tmp_path / "hostile.zip"
     with zipfile.ZipFile(hostile, "w") as zf:
-        zf.writestr(synthetic.TRAIN_LABELS, b"patientId,x,y,width,height,Target\n")
+        zf.writestr(TRAIN_LABELS, b"patientId,x,y,width,height,Target\n")
         zf.writestr("../../escape.txt", b"evil")
     with pytest.raises(InputError, match=r"'\.\./\.\./escape\.txt'"):
         ingest(str(hostile), s3_store)
@@ -92,7 +93,7 @@ def test_into_s3_rerun_sends_no_head_for_what_the_manifest_proves(
     again = ingest(str(archive), s3_store)
     assert (again.uploaded, again.skipped, heads) == (0, first.members, [])
 
-    gone = PREFIX + synthetic.TRAIN_LABELS
+    gone = PREFIX + TRAIN_LABELS
     s3_store.delete(gone)
     repaired = ingest(str(archive), s3_store)
     assert (repaired.uploaded, len(heads)) == (1, 1)

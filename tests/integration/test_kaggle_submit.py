@@ -10,9 +10,10 @@ import pytest
 from flows.cli.main import main
 from pneumo_core import DEFAULT_DATASET
 from pneumo_core.config.run import preset
+from pneumo_core.layout import KAGGLE_SUBMISSIONS, run_key
 from pneumo_core.runs import kaggle_submit
+from pneumo_core.runs.run import Run, create_run
 from pneumo_core.storage.base import ObjectStore
-from pneumo_core.train.fold import create_run, run_key
 from tests.kaggle_stand_in import KaggleStandIn, kaggle_stand_in_fixture  # noqa: F401
 
 TEST_IDS = ["test-a", "test-b", "test-c"]
@@ -51,12 +52,12 @@ def test_submit_uploads_the_checked_file_and_records_it(
     config_hash = preset("ci").config_hash()
     assert run_id in message and "OOF mAP 0.4123" in message and config_hash[:12] in message
 
-    (record,) = kaggle_submit.read_records(store, run_id)
+    (record,) = Run(store, run_id).kaggle_records()
     assert record["submitted"] is True and record["ref"] == 40001 and record["attempts"] == 1
     assert record["sha256"] == store.sha256(run_key(run_id, "submission.csv"))
     assert record["message"] == message and "Successfully submitted" in record["answer"]
     assert "submission 40001" in out
-    stored = store.get_text(run_key(run_id, kaggle_submit.RECORD_NAME))
+    stored = store.get_text(run_key(run_id, KAGGLE_SUBMISSIONS))
     for text in (out, err, stored):
         assert kaggle_stand_in.key not in text  # the API key is never printed nor stored
 
@@ -71,7 +72,7 @@ def test_an_invalid_submission_is_refused_before_any_upload(
     assert len(err.strip().splitlines()) == 1
     assert "row 2:" in err and "row 3: patientId test-a already on row 2" in err
     assert "stranger is not in the sample" in err and "test-b from the sample is missing" in err
-    assert kaggle_stand_in.calls == [] and kaggle_submit.read_records(store, run_id) == []
+    assert kaggle_stand_in.calls == [] and Run(store, run_id).kaggle_records() == []
 
 
 def test_a_transient_failure_is_retried(
@@ -83,7 +84,7 @@ def test_a_transient_failure_is_retried(
     assert main(["submit", "--run", run_id, "--storage", store.uri, "--message", "m"]) == 0
     # try 1: 503 on start; try 2: the upload PUT fails (the client answers, not raises); try 3
     assert kaggle_stand_in.calls.count("StartSubmissionUpload") == 3
-    (record,) = kaggle_submit.read_records(store, run_id)
+    (record,) = Run(store, run_id).kaggle_records()
     assert record["submitted"] and record["attempts"] == 3
     assert record["message"].startswith(f"m | pneumo run {run_id} | OOF mAP 0.4123 | config ")
 
@@ -98,7 +99,7 @@ def test_a_refusal_is_one_line_and_not_retried(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "HTTP 400" in err and "stand-in failure 400" in err
     assert kaggle_stand_in.calls.count("CreateSubmission") == 1
-    (record,) = kaggle_submit.read_records(store, run_id)
+    (record,) = Run(store, run_id).kaggle_records()
     assert record["submitted"] is False and "HTTP 400" in record["answer"]
     assert record["ref"] is None
 
@@ -116,4 +117,4 @@ def test_wrong_credentials_name_the_fix(
     err = capsys.readouterr().err
     assert "HTTP 401" in err and "KAGGLE_USERNAME/KAGGLE_KEY" in err and "not-the-key" not in err
     assert kaggle_stand_in.calls == ["StartSubmissionUpload"]  # 4xx: no retry
-    assert json.dumps(kaggle_submit.read_records(store, run_id)).count("not-the-key") == 0
+    assert json.dumps(Run(store, run_id).kaggle_records()).count("not-the-key") == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumo_core.data import synthetic
+from pneumo_core.data.synthetic import generate
 from tests.integration.conftest import REPO, server_settings, start_server, stop_tree
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def test_prefect_server_restart_during_a_run(tmp_path: Path) -> None:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    data = synthetic.generate(tmp_path / "data", n_train=48, n_test=4, image_size=96, seed=8)
+    data = generate(tmp_path / "data", n_train=48, n_test=4, image_size=96, seed=8)
     store = tmp_path / "store"
     server, port = server_settings(tmp_path / "prefect")
     first = start_server(server, port)

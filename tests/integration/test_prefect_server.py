@@ -198,11 +198,11 @@ def test_pipeline_fans_out_to_train_fold_deployment_runs(
     )
     from prefect.deployments import run_deployment
 
-    from pneumo_core.data import synthetic
+    from pneumo_core.data.synthetic import generate
     from pneumo_core.storage.open import open_store
 
     storage = f"file://{tmp_path / 'store'}"
-    source = synthetic.generate(tmp_path / "source", n_train=24, n_test=4, image_size=64, seed=3)
+    source = generate(tmp_path / "source", n_train=24, n_test=4, image_size=64, seed=3)
     api.cli(
         *("deploy", "--all", "--prefect-file", str(deploy_definitions(tmp_path, POOL))),
         extra_env={"PNEUMO_STORAGE": storage},

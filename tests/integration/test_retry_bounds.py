@@ -21,9 +21,9 @@ import pytest
 from flows.train_fold import train_fold_flow
 from pneumo_core.config.run import preset
 from pneumo_core.errors import StorageError, TransientStorageError
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.open import open_store
 from pneumo_core.storage.s3 import S3Store
-from pneumo_core.train.fold import create_run
 from tests.integration.test_flow_retries import FlakyProxy, _pump, state_names, task_runs_of
 from tests.seaweedfs import S3Server
 

@@ -10,10 +10,11 @@ import pytest
 
 from flows.cli.main import main
 from pneumo_core.config.run import preset
+from pneumo_core.layout import run_key
 from pneumo_core.runs import champion, kaggle_submit
 from pneumo_core.runs.links import PUBLIC_ENDPOINT_ENV
+from pneumo_core.runs.run import Run, create_run
 from pneumo_core.storage.base import ObjectStore
-from pneumo_core.train.fold import create_run, run_key
 from tests.conftest import S3Server
 
 
@@ -62,7 +63,7 @@ def three_runs(cli_store: ObjectStore) -> ObjectStore:
     record = kaggle_submit.SubmissionRecord(
         "2026-11-21T00:00:00+00:00", NEW, "c", "m", "f", "s", True, "ok", 1, 1
     )
-    kaggle_submit.append_record(store, NEW, record)
+    Run(store, NEW).append_kaggle_record(record.to_dict())
     return store
 
 
@@ -181,7 +182,7 @@ def test_report_champion_section_shows_the_comparison(three_runs: ObjectStore) -
     decision = champion.Decision(
         True, "better", champion.candidate(NEW, 0.42, "h"), champion.candidate(OLD, 0.31, "h")
     )
-    evaluation = three_runs.get_json(run_key(NEW, "evaluation.json"))
+    evaluation = Run(three_runs, NEW).evaluation()
     config = three_runs.get_json(run_key(NEW, "config.json"))
     comparison = compare_runs(three_runs, NEW, OLD)
     markdown = render_markdown(NEW, config, evaluation, [], decision, [], comparison=comparison)

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import kaggle, synthetic
+from pneumo_core.data.synthetic import generate
+from pneumo_core.layout import manifest_key
 from pneumo_core.storage.open import open_store
 from tests.integration.conftest import REPO, PrefectServer, descendants
 from tests.seaweedfs import S3Server
@@ -61,8 +62,8 @@ def _open_files(pids: list[int]) -> list[str]:
 
 def _orphans(storage: str, run_ids: list[str]) -> list[str]:
     store = open_store(storage)
-    manifest = store.get_json(kaggle.manifest_key(DEFAULT_DATASET))
-    known = {m["key"] for m in manifest["members"]} | {kaggle.manifest_key(DEFAULT_DATASET)}
+    manifest = store.get_json(manifest_key(DEFAULT_DATASET))
+    known = {m["key"] for m in manifest["members"]} | {manifest_key(DEFAULT_DATASET)}
     for summary_key in [k for k in store.list("prepared/") if k.endswith("/summary.json")]:
         prefix = summary_key.removesuffix("summary.json")
         known |= {prefix + name for name in store.get_json(summary_key)["sha256"]} | {summary_key}
@@ -81,7 +82,7 @@ def test_back_to_back_runs(
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    data = synthetic.generate(tmp_path / "data", n_train=32, n_test=4, image_size=96, seed=11)
+    data = generate(tmp_path / "data", n_train=32, n_test=4, image_size=96, seed=11)
     env = {**os.environ, **prefect_server.env, "PYTHONPATH": str(REPO)}
     env.pop("PREFECT_HOME", None)
     servers = [p.pid for p in prefect_server.processes]

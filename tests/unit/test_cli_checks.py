@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from pneumo_core.config.run import preset
-from pneumo_core.data import synthetic
+from pneumo_core.data.synthetic import generate
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import create_run
 
 PNEUMO = [sys.executable, "-m", "flows.cli"]
 
@@ -43,7 +43,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragmen
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("source")
-    return synthetic.generate(out, n_train=4, n_test=2, image_size=64, seed=1)
+    return generate(out, n_train=4, n_test=2, image_size=64, seed=1)
 
 
 def run_args(source: Path, store: Path, *extra: str) -> list[str]:
@@ -148,7 +148,7 @@ def tiny_disk(path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_is_a_system_error_and_leaves_no_half_written_object(tmp_path):
-    data = synthetic.generate(tmp_path / "big", n_train=8, n_test=2, image_size=256, seed=2)
+    data = generate(tmp_path / "big", n_train=8, n_test=2, image_size=256, seed=2)
     with tiny_disk(tmp_path / "store") as store:
         result = pneumo("ingest", "--source", str(data), "--storage", str(store))
         assert result.returncode == 1, result.stderr[-3000:]

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import synthetic
 from pneumo_core.data.augment import AugmentConfig, Augmenter
 from pneumo_core.data.dataset import DetectionDataset, PreparedCache, collate, make_loader
-from pneumo_core.data.kaggle import ingest
+from pneumo_core.data.ingest import ingest
 from pneumo_core.data.labels import CLASSES
 from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import InputError
 from pneumo_core.storage.local import LocalStore
 
@@ -165,7 +165,7 @@ def test_image_array_of_the_wrong_shape_is_rejected(tiny_prepared):
 
 def test_reads_what_prepare_writes(tmp_path):
     """The real pipeline's cache (synth -> ingest -> prepare), not only the fixture's copy."""
-    source = synthetic.generate(tmp_path / "src", n_train=30, n_test=2, image_size=128, seed=1)
+    source = generate(tmp_path / "src", n_train=30, n_test=2, image_size=128, seed=1)
     store = LocalStore(tmp_path / "store")
     ingest(str(source), store, progress=False)
     prepare_dataset(store, image_size=64, n_folds=2, workers=1, progress=False)

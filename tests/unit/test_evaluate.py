@@ -74,20 +74,20 @@ def test_tuning_finds_the_threshold_that_separates_good_from_bad_boxes(tmp_path)
         for k in (0, 1)
     )
     far_off = oof["x"] == 850
-    assert oof.loc[far_off, "score"].max() < result["threshold"] <= oof.loc[~far_off, "score"].min()
-    assert result["oof_map"] == 1.0 and result["max_boxes"] >= 2 and result["shrink"] == 1.0
-    assert result["oof_map_in_sample"] == 1.0 and result["tuning"] == "cross-fitted"
-    assert result["images"] == 40 and result["images_scored"] == 20  # negatives: no box left
-    assert result["has_box"] == {
+    assert oof.loc[far_off, "score"].max() < result.threshold <= oof.loc[~far_off, "score"].min()
+    assert result.oof_map == 1.0 and result.max_boxes >= 2 and result.shrink == 1.0
+    assert result.oof_map_in_sample == 1.0 and result.tuning == "cross-fitted"
+    assert result.images == 40 and result.images_scored == 20  # negatives: no box left
+    assert result.has_box == {
         "precision": 1.0, "recall": 1.0, "tp": 20, "fp": 0, "fn": 0, "tn": 20,
     }  # fmt: skip
-    assert [f["fold"] for f in result["per_fold"]] == [0, 1]
-    assert all(f["map"] == 1.0 and f["images"] == 20 for f in result["per_fold"])
-    curve = {point["threshold"]: point["map"] for point in result["curve"]}
+    assert [f.fold for f in result.per_fold] == [0, 1]
+    assert all(f.map == 1.0 and f.images == 20 for f in result.per_fold)
+    curve = {point.threshold: point.map for point in result.curve}
     assert curve[0.05] < 0.5 and curve[0.5] == 1.0
     # the configured threshold (0.5 by default) was already good; max_boxes 4 as well
-    assert result["map_at_configured_postprocess"] == 1.0
-    assert store.get_json(f"runs/{RUN}/evaluation.json") == result
+    assert result.map_at_configured_postprocess == 1.0
+    assert store.get_json(f"runs/{RUN}/evaluation.json") == result.to_json()
 
 
 def test_each_fold_is_scored_with_the_setting_tuned_on_the_other_folds(tmp_path):
@@ -99,31 +99,31 @@ def test_each_fold_is_scored_with_the_setting_tuned_on_the_other_folds(tmp_path)
     }
     store = make_run(tmp_path, postprocess={"tune_shrink": False}, scores=scores)
     result = evaluate_run(store, RUN)
-    fold0, fold1 = result["per_fold"]
-    assert 0.2 <= fold0["tuned_on_other_folds"]["score_threshold"] <= 0.4
-    assert 0.6 <= fold1["tuned_on_other_folds"]["score_threshold"] <= 0.8
-    assert fold1["map"] == 0.0  # every true box of fold 1 is below fold 0's threshold
-    assert fold0["map"] < 1.0  # fold 0's false positives pass fold 1's threshold
-    assert result["oof_map"] < result["oof_map_in_sample"] < 1.0
-    assert result["oof_map_se"] > 0
+    fold0, fold1 = result.per_fold
+    assert 0.2 <= fold0.tuned_on_other_folds["score_threshold"] <= 0.4
+    assert 0.6 <= fold1.tuned_on_other_folds["score_threshold"] <= 0.8
+    assert fold1.map == 0.0  # every true box of fold 1 is below fold 0's threshold
+    assert fold0.map < 1.0  # fold 0's false positives pass fold 1's threshold
+    assert result.oof_map < result.oof_map_in_sample < 1.0
+    assert result.oof_map_se > 0
     # the submission keeps the setting tuned on all folds
-    assert result["postprocess"]["score_threshold"] == result["threshold"]
+    assert result.postprocess["score_threshold"] == result.threshold
 
 
 def test_a_single_fold_uses_the_configured_setting(tmp_path):
     store = make_run(tmp_path, postprocess={"score_threshold": 0.05, "tune_shrink": False})
     store.delete_prefix(f"runs/{RUN}/fold-1/")
     result = evaluate_run(store, RUN)
-    assert result["tuning"].startswith("configured")
-    assert result["oof_map"] < result["oof_map_in_sample"] == 1.0  # 0.05 keeps false positives
+    assert result.tuning.startswith("configured")
+    assert result.oof_map < result.oof_map_in_sample == 1.0  # 0.05 keeps false positives
 
 
 def test_max_boxes_one_costs_the_second_box(tmp_path):
     store = make_run(tmp_path, postprocess={"tune": False, "tune_shrink": False, "max_boxes": 1})
     result = evaluate_run(store, RUN)
-    assert result["max_boxes"] == 1 and result["threshold"] == 0.5
+    assert result.max_boxes == 1 and result.threshold == 0.5
     # images with 2 truths keep 1 box: 1 TP, 1 FN -> 0.5; images with 1 truth stay at 1
-    assert result["oof_map"] == pytest.approx(0.75)
+    assert result.oof_map == pytest.approx(0.75)
 
 
 def test_shrink_is_tuned_when_boxes_are_too_large(tmp_path):
@@ -131,10 +131,10 @@ def test_shrink_is_tuned_when_boxes_are_too_large(tmp_path):
     # by 0.85 only 0.706
     store = make_run(tmp_path, postprocess={"tune_shrink": True}, grow=1.4)
     result = evaluate_run(store, RUN)
-    assert result["shrink"] == 0.8 and result["oof_map"] == pytest.approx(1.0)
-    assert result["postprocess"]["shrink"] == 0.8
+    assert result.shrink == 0.8 and result.oof_map == pytest.approx(1.0)
+    assert result.postprocess["shrink"] == 0.8
     # without shrinking, IoU is 0.51
-    assert result["map_at_configured_postprocess"] < 1.0
+    assert result.map_at_configured_postprocess < 1.0
 
 
 def test_missing_predictions_is_a_clear_error(tmp_path):
@@ -195,7 +195,7 @@ def test_the_gate_is_tuned_when_the_predictions_carry_an_opacity(tmp_path):
     scores = {f: {"true": (0.5, 0.7), "false": (0.55, 0.8)} for f in (0, 1)}
     store = make_run(tmp_path, postprocess={"tune_shrink": False}, scores=scores)
     plain = evaluate_run(store, RUN)
-    assert plain["postprocess"]["gate"] == 0.0  # no opacity column: nothing to tune
+    assert plain.postprocess["gate"] == 0.0  # no opacity column: nothing to tune
     labels = pd.read_csv(io.BytesIO(store.get_bytes(f"prepared/{DATASET}/{SIZE}/labels.csv")))
     positive = dict(zip(labels["patientId"], labels["target"], strict=True))
     for fold in (0, 1):
@@ -204,6 +204,6 @@ def test_the_gate_is_tuned_when_the_predictions_carry_an_opacity(tmp_path):
         frame["opacity"] = frame["patientId"].map(lambda p: 0.9 if positive[p] else 0.2)
         write_oof(store, fold, frame)
     gated = evaluate_run(store, RUN)
-    assert gated["postprocess"]["gate"] > 0
-    assert all(f["tuned_on_other_folds"]["gate"] > 0 for f in gated["per_fold"])
-    assert gated["oof_map"] > plain["oof_map"]
+    assert gated.postprocess["gate"] > 0
+    assert all(f.tuned_on_other_folds["gate"] > 0 for f in gated.per_fold)
+    assert gated.oof_map > plain.oof_map

@@ -10,9 +10,12 @@ import pandas as pd
 import pytest
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import kaggle, prepare, synthetic
 from pneumo_core.data.dicom import DicomError, read_dicom
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import InputError
+from pneumo_core.layout import prepared_prefix
 from pneumo_core.storage.local import LocalStore
 
 ZEROS = 64 << 20  # 64 MiB of zeros deflate to about 64 KB: a ratio near 1000
@@ -21,7 +24,7 @@ ZEROS = 64 << 20  # 64 MiB of zeros deflate to about 64 KB: a ratio near 1000
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
-    return synthetic.generate(out, n_train=8, n_test=2, image_size=64, seed=3, zip=True)
+    return generate(out, n_train=8, n_test=2, image_size=64, seed=3, zip=True)
 
 
 def bomb(archive: Path, out: Path) -> Path:
@@ -40,7 +43,7 @@ def bomb(archive: Path, out: Path) -> Path:
 def test_a_zip_bomb_is_refused_before_any_write(archive: Path, tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     with pytest.raises(InputError, match=r"padding\.bin' inflates .*x .*PNEUMO_INGEST_MAX_RATIO"):
-        kaggle.ingest(str(bomb(archive, tmp_path)), store, progress=False)
+        ingest(str(bomb(archive, tmp_path)), store, progress=False)
     assert store.list() == []
 
 
@@ -48,11 +51,11 @@ def test_the_total_uncompressed_size_has_a_ceiling(
     archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = LocalStore(tmp_path / "store")
-    kaggle.ingest(str(archive), store, progress=False)
+    ingest(str(archive), store, progress=False)
     before = {k: store.get_bytes(k) for k in store.list()}
     monkeypatch.setenv("PNEUMO_INGEST_MAX_BYTES", "1000")
     with pytest.raises(InputError, match=r"would inflate to [\d,]+ bytes, over the ceiling of"):
-        kaggle.ingest(str(archive), store, progress=False)
+        ingest(str(archive), store, progress=False)
     assert {k: store.get_bytes(k) for k in store.list()} == before  # nothing changed
 
 
@@ -71,10 +74,10 @@ def test_a_dicom_over_the_cap_is_quarantined_unread(
         read_dicom(big)
 
     store = LocalStore(tmp_path / "store")
-    kaggle.ingest(str(folder), store, progress=False)
-    result = prepare.prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
+    ingest(str(folder), store, progress=False)
+    result = prepare_dataset(store, image_size=32, n_folds=2, workers=1, progress=False)
     assert (result.n_train, result.n_quarantined) == (len(images) - 1, 1)
-    prefix = prepare.prepared_prefix(DEFAULT_DATASET, 32)
+    prefix = prepared_prefix(DEFAULT_DATASET, 32)
     quarantine = pd.read_csv(store.local_path(prefix + "quarantine.csv"))
     [row] = quarantine.to_dict("records")
     assert row["patientId"] == big.stem and "PNEUMO_MAX_DICOM_BYTES" in row["reason"]

@@ -15,9 +15,12 @@ import pytest
 
 from flows.cli.main import main
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import kaggle, synthetic
-from pneumo_core.data.kaggle import ingest, manifest_key
+from pneumo_core.data import archive as archive_module
+from pneumo_core.data import kaggle
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import InputError
+from pneumo_core.layout import SAMPLE_SUBMISSION, TRAIN_IMAGES, TRAIN_LABELS, manifest_key
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.local import LocalStore
 
@@ -26,14 +29,12 @@ PREFIX = f"raw/{DEFAULT_DATASET}/"
 
 @pytest.fixture(scope="module")
 def source_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic.generate(
-        tmp_path_factory.mktemp("synth"), n_train=8, n_test=2, image_size=64, seed=3
-    )
+    return generate(tmp_path_factory.mktemp("synth"), n_train=8, n_test=2, image_size=64, seed=3)
 
 
 @pytest.fixture(scope="module")
 def source_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic.generate(
+    return generate(
         tmp_path_factory.mktemp("synth-zip"), n_train=8, n_test=2, image_size=64, seed=3, zip=True
     )
 
@@ -90,7 +91,7 @@ def test_rerun_skips_what_is_intact_and_repairs_the_rest(source_zip: Path, tmp_p
     assert (again.uploaded, again.skipped, again.digest) == (0, first.members, first.digest)
     assert store.get_bytes(manifest_key(DEFAULT_DATASET)) == manifest_before
 
-    damaged = PREFIX + synthetic.TRAIN_LABELS
+    damaged = PREFIX + TRAIN_LABELS
     original = store.get_bytes(damaged)
     store.put_bytes(damaged, original[:-5] + b"XXXXX")  # same size, other bytes
     repaired = ingest(str(source_zip), store)
@@ -105,7 +106,7 @@ def test_changed_source_replaces_changed_members_and_manifest(
     ingest(str(source_folder), store)
     changed = tmp_path / "changed"
     shutil.copytree(source_folder, changed)
-    (changed / synthetic.SAMPLE_SUBMISSION).write_text("patientId,PredictionString\n")
+    (changed / SAMPLE_SUBMISSION).write_text("patientId,PredictionString\n")
     result = ingest(str(changed), store)
     assert result.uploaded == 1
     assert_manifest_true(store, folder_files(changed))
@@ -114,7 +115,7 @@ def test_changed_source_replaces_changed_members_and_manifest(
 def test_large_members_stream_through_put_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kaggle, "SMALL_MEMBER_BYTES", 1000)
+    monkeypatch.setattr(archive_module, "SMALL_MEMBER_BYTES", 1000)
     payload = os.urandom(5000)
     archive = tmp_path / "big.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -148,7 +149,7 @@ def spy_put_file(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> list[st
 def hostile_zip(path: Path, bad: zipfile.ZipInfo, data: bytes = b"evil") -> Path:
     """A good member first, so a writer that checks as it goes would already have written."""
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(synthetic.TRAIN_LABELS, b"patientId,x,y,width,height,Target\n")
+        zf.writestr(TRAIN_LABELS, b"patientId,x,y,width,height,Target\n")
         zf.writestr(bad, data)
     return path
 
@@ -218,7 +219,7 @@ def test_folder_symlink_outside_is_refused(source_folder: Path, tmp_path: Path) 
     shutil.copytree(source_folder, folder)
     secret = tmp_path / "secret.txt"
     secret.write_text("not for the store")
-    (folder / synthetic.TRAIN_IMAGES / "sneaky.dcm").symlink_to(secret)
+    (folder / TRAIN_IMAGES / "sneaky.dcm").symlink_to(secret)
     store = LocalStore(tmp_path / "store")
     with pytest.raises(InputError, match=r"sneaky\.dcm.*outside the source folder"):
         ingest(str(folder), store)
@@ -257,7 +258,7 @@ def test_corrupt_member_is_named_and_nothing_changes(source_zip: Path, tmp_path:
     before = snapshot(store)
     archive = tmp_path / "corrupt.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr(synthetic.TRAIN_LABELS, b"patientId,x,y,width,height,Target\n")  # changed
+        zf.writestr(TRAIN_LABELS, b"patientId,x,y,width,height,Target\n")  # changed
         zf.writestr("a.txt", b"A" * 1000, compress_type=zipfile.ZIP_STORED)
     data = bytearray(archive.read_bytes())
     data[data.index(b"A" * 1000) + 10] = ord("B")  # the CRC no longer matches
@@ -295,7 +296,7 @@ def fake_download(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, str]]:
 
     def download(api: object, competition: str, dest_dir: Path) -> Path:
         calls.append((api, competition))
-        return synthetic.generate(dest_dir, n_train=6, n_test=2, image_size=64, seed=5, zip=True)
+        return generate(dest_dir, n_train=6, n_test=2, image_size=64, seed=5, zip=True)
 
     monkeypatch.setattr(kaggle, "_download_competition", download)
     return calls
@@ -314,7 +315,7 @@ def test_kaggle_source_with_env_credentials(
     assert type(api).__name__ == "KaggleApi" and api.config_values["username"] == "someone"
     manifest = store.get_json(manifest_key(DEFAULT_DATASET))
     assert manifest["source"] == "kaggle://rsna-pneumonia-detection-challenge"
-    reference = synthetic.generate(tmp_path / "ref", n_train=6, n_test=2, image_size=64, seed=5)
+    reference = generate(tmp_path / "ref", n_train=6, n_test=2, image_size=64, seed=5)
     assert_manifest_true(store, folder_files(reference))
     assert result.uploaded == result.members == len(folder_files(reference))
 

@@ -16,8 +16,8 @@ from pneumo_core.model.build import (
     FocalClassificationHead,
     build_model,
     detect_batch,
-    losses_and_detections,
 )
+from pneumo_core.model.detector import losses_and_detections
 from pneumo_core.model.weights import resolve
 from pneumo_core.storage.base import file_sha256
 

@@ -8,8 +8,9 @@ import pytest
 
 from pneumo_core.config.run import preset
 from pneumo_core.errors import InputError
-from pneumo_core.reports.model_card import CARD_NAME, write_model_card
-from pneumo_core.train.fold import create_run, run_key
+from pneumo_core.layout import MODEL_CARD, run_key
+from pneumo_core.reports.model_card import write_model_card
+from pneumo_core.runs.run import create_run
 from tests.conftest import TinyPrepared
 
 
@@ -45,7 +46,7 @@ def test_model_card_carries_the_runs_own_figures(tiny_prepared: TinyPrepared) ->
     store.put_json(run_key(run_id, "evaluation.json"), evaluation)
 
     key = write_model_card(store, run_id)
-    assert key == run_key(run_id, CARD_NAME)
+    assert key == run_key(run_id, MODEL_CARD)
     card = store.get_text(key)
     assert "not a medical device" in card and "do not use it for diagnosis" in card
     assert "manifest digest `d1g3st`" in card and "8 training, 2 test" in card

@@ -14,11 +14,12 @@ import pytest
 
 from flows.cli.main import main
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data import synthetic
 from pneumo_core.data.dicom import read_dicom
-from pneumo_core.data.kaggle import ingest
-from pneumo_core.data.prepare import prepare_dataset, prepared_prefix
+from pneumo_core.data.ingest import ingest
+from pneumo_core.data.prepare import prepare_dataset
+from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import InputError
+from pneumo_core.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS, prepared_prefix
 from pneumo_core.storage.base import TMP_SUFFIX, ObjectStore
 from pneumo_core.storage.local import LocalStore
 
@@ -28,7 +29,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic.generate(
+    return generate(
         tmp_path_factory.mktemp("synth"), n_train=40, n_test=4, image_size=ORIGINAL, seed=7
     )
 
@@ -63,7 +64,7 @@ def test_synthetic_dataset_is_prepared_consistently(synth: Path, tmp_path: Path)
         rows = metadata[metadata["split"] == split].sort_values("index")
         assert rows["index"].tolist() == list(range(n))
         for row in rows.iloc[:: max(1, n // 4)].itertuples():
-            folder = synthetic.TRAIN_IMAGES if split == "train" else synthetic.TEST_IMAGES
+            folder = TRAIN_IMAGES if split == "train" else TEST_IMAGES
             dicom = read_dicom(synth / folder / f"{row.patientId}.dcm")
             expected = cv2.resize(dicom.pixels, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
             np.testing.assert_array_equal(images[row.index], expected)
@@ -71,8 +72,8 @@ def test_synthetic_dataset_is_prepared_consistently(synth: Path, tmp_path: Path)
             assert row.sex == dicom.meta["sex"] and row.view_position == dicom.meta["view_position"]
             assert row.source_key == f"raw/{DEFAULT_DATASET}/{folder}/{row.patientId}.dcm"
 
-    raw_labels = pd.read_csv(synth / synthetic.TRAIN_LABELS)
-    classes = pd.read_csv(synth / synthetic.CLASS_INFO).drop_duplicates("patientId")
+    raw_labels = pd.read_csv(synth / TRAIN_LABELS)
+    classes = pd.read_csv(synth / CLASS_INFO).drop_duplicates("patientId")
     labels = read_csv(store, prefix, "labels.csv")
     assert sorted(labels["patientId"]) == sorted(classes["patientId"])
     merged = labels.merge(classes, on="patientId", suffixes=("", "_raw"))
@@ -126,7 +127,7 @@ def test_unreadable_files_are_quarantined_and_mismatches_reported(
     synth: Path, tmp_path: Path
 ) -> None:
     source = copy_of(synth, tmp_path)
-    train = sorted((source / synthetic.TRAIN_IMAGES).glob("*.dcm"))
+    train = sorted((source / TRAIN_IMAGES).glob("*.dcm"))
     truncated, not_dicom, no_pixels, wrong_shape, deleted = train[:5]
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     not_dicom.write_bytes(b"this is not a DICOM file\n" * 10)
@@ -137,7 +138,7 @@ def test_unreadable_files_are_quarantined_and_mismatches_reported(
     ds.Rows = ORIGINAL // 2
     ds.save_as(wrong_shape)
     deleted.unlink()
-    unlabelled = source / synthetic.TRAIN_IMAGES / "not-in-the-labels.dcm"
+    unlabelled = source / TRAIN_IMAGES / "not-in-the-labels.dcm"
     shutil.copy(train[5], unlabelled)
 
     store = LocalStore(tmp_path / "store")
@@ -162,7 +163,7 @@ def test_unreadable_files_are_quarantined_and_mismatches_reported(
     assert kept["index"].tolist() == list(range(36))
     assert not set(kept["patientId"]) & set(bad)
     for row in kept.iloc[[0, -1]].itertuples():  # rows still line up after compaction
-        dicom = read_dicom(source / synthetic.TRAIN_IMAGES / f"{row.patientId}.dcm")
+        dicom = read_dicom(source / TRAIN_IMAGES / f"{row.patientId}.dcm")
         expected = cv2.resize(dicom.pixels, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
         np.testing.assert_array_equal(load_images(store, prefix, "train")[row.index], expected)
 
@@ -186,7 +187,7 @@ def prepared_then_reingested_with(
     before = {k: store.get_bytes(k) for k in store.list("prepared/")}
 
     source = copy_of(synth, tmp_path)
-    labels = source / synthetic.TRAIN_LABELS
+    labels = source / TRAIN_LABELS
     lines = labels.read_text().splitlines()
     positive = next(i for i, line in enumerate(lines) if line.endswith(",1"))
     fields = lines[positive].split(",")

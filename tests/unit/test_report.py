@@ -11,8 +11,9 @@ import pytest
 
 from pneumo_core import DEFAULT_DATASET
 from pneumo_core.evaluation.postprocess import PostprocessConfig
-from pneumo_core.reports import report
+from pneumo_core.reports import plots, report
 from pneumo_core.runs import champion
+from pneumo_core.runs.records import Evaluation, FoldResult
 from pneumo_core.storage.open import open_store
 
 SIZE = 64  # cache px; originals are 1024 px, so boxes scale by 1/16
@@ -93,7 +94,7 @@ def test_fold_row_takes_best_epoch_losses_and_totals():
     ]  # fmt: skip
     info = {"weights": "/s/models/weights/resnet18-f37072fd.pth", "weights_sha256": "ab" * 32,
             "tensors_loaded": 102, "tensors_skipped": 2}  # fmt: skip
-    done = {"epochs": 2, "best_epoch": 0, "best_val_map": 0.4, "model_info": info}
+    done = FoldResult(fold=3, epochs=2, best_epoch=0, best_val_map=0.4, model_info=info)
     row = report.fold_row(3, done, history, 0.35)
     assert row == {
         "fold": 3, "epochs": 2, "best_epoch": 0, "best_val_map": 0.4, "last_val_map": 0.3,
@@ -107,20 +108,22 @@ def test_a_fold_below_half_its_siblings_median_is_flagged():
     rows = [{"fold": f, "best_val_map": v} for f, v in enumerate([0.30, 0.11, 0.40, 0.20])]
     flags = [r["flag"] for r in report.flag_weak_folds(rows)]
     assert flags == ["", "weak", "", ""]  # 0.11 < 0.5 * median(0.3, 0.4, 0.2) = 0.15
-    notes = report.render_markdown("r", {}, {}, rows, None, [])
+    notes = report.render_markdown("r", {}, None, rows, None, [])
     assert "Weak fold(s) 1" in notes
 
 
 def test_write_report_stores_plots_and_markdown(store):
-    evaluation = {
-        "oof_map": 0.6667,
-        "oof_map_se": 0.1,
-        "oof_map_in_sample": 0.7,
-        "tuning": "cross-fitted",
-        "threshold": 0.1,
-        "per_fold": [{"fold": 0, "map": 1.0}, {"fold": 1, "map": 0.0}],
-        "curve": [{"threshold": 0.1, "map": 0.6667}, {"threshold": 0.95, "map": None}],
-    }
+    evaluation = Evaluation.model_validate(
+        {
+            "oof_map": 0.6667,
+            "oof_map_se": 0.1,
+            "oof_map_in_sample": 0.7,
+            "tuning": "cross-fitted",
+            "threshold": 0.1,
+            "per_fold": [{"fold": 0, "map": 1.0}, {"fold": 1, "map": 0.0}],
+            "curve": [{"threshold": 0.1, "map": 0.6667}, {"threshold": 0.95, "map": None}],
+        }
+    )
     decision = champion.decide(champion.candidate(RUN, 0.6667, "h"), None)
     built = report.write_report(
         store, RUN, evaluation, [0, 1], decision, plot_link=lambda key: f"https://x/{key}"
@@ -151,7 +154,7 @@ def test_validation_panels_scale_boxes_to_cache_pixels(store):
     oof = pd.read_csv(io.StringIO(store.get_text(f"runs/{RUN}/fold-0/oof_predictions.csv")))
     gt = {p: np.array([[160.0, 320.0, 320.0, 160.0]]) for p in ("p0", "p2")}
     post = PostprocessConfig(score_threshold=0.5)
-    panels = report.validation_panels(cache, oof, gt, post)
+    panels = plots.validation_panels(cache, oof, gt, post)
     assert [p[4].split()[0] for p in panels] == ["p0", "p2"]
     image, truth, boxes, scores, _ = panels[0]
     assert image.shape == (SIZE, SIZE)
@@ -162,5 +165,6 @@ def test_validation_panels_scale_boxes_to_cache_pixels(store):
 
 
 def test_report_without_decision_says_so(store):
-    built = report.write_report(store, RUN, {"oof_map": 0.5, "threshold": 0.3}, [0], None)
+    evaluation = Evaluation(oof_map=0.5, threshold=0.3)
+    built = report.write_report(store, RUN, evaluation, [0], None)
     assert "No promotion decision" in built.markdown

@@ -8,9 +8,10 @@ from prefect.types.names import raise_on_name_alphanumeric_dashes_only
 
 from pneumo_core.config.run import preset
 from pneumo_core.errors import InputError
-from pneumo_core.runs.ids import check_run_id, key_slug
+from pneumo_core.layout import check_run_id
+from pneumo_core.runs.ids import key_slug, new_run_id
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.open import open_store
-from pneumo_core.train.fold import create_run, new_run_id
 from tasks.training import progress_key
 
 GOOD = ["Exp_1", "v1.2", "exp-1", "EXP-1", "a", "20261127-101500-a1b2c3", "x" * 64]

@@ -12,10 +12,16 @@ import pydicom
 import pytest
 
 from bench.scale_archive import write_archive
-from pneumo_core.data import synthetic
 from pneumo_core.data.dicom import read_dicom
 from pneumo_core.data.labels import load_labels
 from pneumo_core.errors import InputError
+from pneumo_core.layout import (
+    CLASS_INFO,
+    SAMPLE_SUBMISSION,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+)
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -29,20 +35,20 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_layout_counts_and_unique_ids(archive: Path) -> None:
-    train = sorted((archive / synthetic.TRAIN_IMAGES).glob("*.dcm"))
-    test = sorted((archive / synthetic.TEST_IMAGES).glob("*.dcm"))
+    train = sorted((archive / TRAIN_IMAGES).glob("*.dcm"))
+    test = sorted((archive / TEST_IMAGES).glob("*.dcm"))
     assert (len(train), len(test)) == (12, 3)
     assert len({p.stem for p in train + test}) == 15
-    header = (archive / synthetic.TRAIN_LABELS).read_text().splitlines()[0]
+    header = (archive / TRAIN_LABELS).read_text().splitlines()[0]
     assert header == "patientId,x,y,width,height,Target"
-    submission = rows(archive / synthetic.SAMPLE_SUBMISSION)
+    submission = rows(archive / SAMPLE_SUBMISSION)
     assert sorted(r["patientId"] for r in submission) == sorted(p.stem for p in test)
-    labels = load_labels(archive / synthetic.TRAIN_LABELS, archive / synthetic.CLASS_INFO)
+    labels = load_labels(archive / TRAIN_LABELS, archive / CLASS_INFO)
     assert sorted(labels.patients["patientId"]) == sorted(p.stem for p in train)
 
 
 def test_each_clone_is_a_readable_real_sized_dicom_under_its_own_identity(archive: Path) -> None:
-    paths = sorted((archive / synthetic.TRAIN_IMAGES).glob("*.dcm"))
+    paths = sorted((archive / TRAIN_IMAGES).glob("*.dcm"))
     uids = set()
     for path in paths:
         image = read_dicom(path)
@@ -57,12 +63,12 @@ def test_each_clone_is_a_readable_real_sized_dicom_under_its_own_identity(archiv
 
 def test_clones_of_one_template_share_pixels_and_labels(archive: Path) -> None:
     """Patient i is template i % templates: same JPEG payload, same boxes, same class."""
-    order = [r["patientId"] for r in rows(archive / synthetic.CLASS_INFO)]
+    order = [r["patientId"] for r in rows(archive / CLASS_INFO)]
     patients = list(dict.fromkeys(order))  # written in generation order
-    boxes = Counter(r["patientId"] for r in rows(archive / synthetic.TRAIN_LABELS))
-    classes = {r["patientId"]: r["class"] for r in rows(archive / synthetic.CLASS_INFO)}
+    boxes = Counter(r["patientId"] for r in rows(archive / TRAIN_LABELS))
+    classes = {r["patientId"]: r["class"] for r in rows(archive / CLASS_INFO)}
     first, sixth = patients[0], patients[5]
-    folder = archive / synthetic.TRAIN_IMAGES
+    folder = archive / TRAIN_IMAGES
     pixels = [pydicom.dcmread(folder / f"{pid}.dcm").PixelData for pid in (first, sixth)]
     assert pixels[0] == pixels[1]
     assert pixels[0] != pydicom.dcmread(folder / f"{patients[1]}.dcm").PixelData

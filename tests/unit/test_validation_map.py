@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pneumo_core.evaluation.metric import ScoreTable
-from pneumo_core.train.fold import validation_map
+from pneumo_core.train.engine import validation_map
 
 
 def test_a_fold_with_low_but_well_ranked_scores_does_not_read_as_collapsed():

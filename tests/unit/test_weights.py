@@ -16,11 +16,14 @@ import torchvision
 from flows.cli.main import main
 from pneumo_core.config.run import preset
 from pneumo_core.errors import InputError
+from pneumo_core.layout import fold_key
 from pneumo_core.model.build import build_model
 from pneumo_core.model.weights import fetch, resolve, store_key
+from pneumo_core.runs.run import create_run
 from pneumo_core.storage.base import file_sha256
 from pneumo_core.storage.local import LocalStore
-from pneumo_core.train.fold import create_run, fold_key, load_checkpoint, train_fold
+from pneumo_core.train.checkpoint import load_checkpoint
+from pneumo_core.train.fold import train_fold
 
 PUBLISHED = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
 
@@ -106,7 +109,7 @@ def test_fetch_checks_the_hash_and_a_fold_loads_the_stored_file_offline(
 
     run_id = create_run(store, config, "offline")
     done = train_fold(store, run_id, 0)
-    info = done["model_info"]
+    info = done.model_info
     assert info["weights_sha256"] == record["sha256"] and info["frozen_bn"]
     assert info["tensors_skipped"] == 2 and info["backbone_share"] == 1.0  # only fc unused
     trained = load_checkpoint(store, fold_key(run_id, 0, "checkpoint-last.pt"))["model"]
