@@ -30,6 +30,7 @@ from torchvision.ops import box_convert, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from pneumo_core.boxes import Detections
 from pneumo_core.config.run import RunConfig
 from pneumo_core.data.labels import CLASSES, POSITIVE_CLASS
 from pneumo_core.errors import InputError
@@ -38,8 +39,6 @@ from pneumo_core.model.detector import detections, set_box_loss, set_fixed_size
 from pneumo_core.model.weights import WeightsFile
 
 log = logging.getLogger(__name__)
-
-Detection = tuple[np.ndarray, np.ndarray]  # boxes xywh [M, 4] (cache px), scores [M]
 
 
 class Detected(NamedTuple):
@@ -242,7 +241,7 @@ def detect_batch(
     set (xywh, cache px), and the mean opacity probability of the models' image heads (None
     without). A single model without TTA is returned unfused."""
     width = images[0].shape[-1]
-    variants: list[list[Detection]] = [[] for _ in images]
+    variants: list[list[Detections]] = [[] for _ in images]
     opacities: list[list[float]] = [[] for _ in images]
     for model in models:
         for flipped in (False, True) if config.tta_hflip else (False,):

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torchvision.models.detection import RetinaNet
 
-from pneumo_core.boxes import xyxy_to_xywh
+from pneumo_core.boxes import Detections, xyxy_to_xywh
 from pneumo_core.config.run import RunConfig
 from pneumo_core.data.dataset import PreparedCache
 from pneumo_core.data.decode import decode_resized
@@ -33,7 +33,7 @@ from pneumo_core.layout import (
     fold_key,
     prepared_prefix,
 )
-from pneumo_core.model.build import Detection, ModelInfo, build_model, detect_batch
+from pneumo_core.model.build import ModelInfo, build_model, detect_batch
 from pneumo_core.progress import progress_reporter
 from pneumo_core.runs.run import Run, load_run_config
 from pneumo_core.storage.base import ObjectStore
@@ -67,7 +67,7 @@ def predict_images(
     if not sources:
         raise InputError(f"no .dcm files found under {images}")
     truth = _ground_truth(store, config) if overlays is not None else {}
-    rows: dict[str, Detection] = {}
+    rows: dict[str, Detections] = {}
     size = config.image_size
     with progress_reporter(f"predict {len(sources)} image(s)", len(sources)) as advance:
         for chunk in _chunks(sources, BATCH):
@@ -112,7 +112,7 @@ def predict_test_set(
     images = cache.images("test")
     meta = cache.metadata[cache.metadata["split"] == "test"].set_index("patientId")
     size = config.image_size
-    rows: dict[str, Detection] = {}
+    rows: dict[str, Detections] = {}
     with progress_reporter(f"predict {len(ids)} test image(s)", len(ids)) as advance:
         for chunk in _chunks(list(enumerate(ids)), BATCH):
             pixels = [np.array(images[i]) for i, _ in chunk]  # a writable copy for torch
@@ -128,7 +128,7 @@ def predict_test_set(
     return TestSetPrediction(_write_checked(rows, Path(out)), len(ids), quarantined)
 
 
-_NO_BOX: Detection = (np.zeros((0, 4)), np.zeros(0))
+_NO_BOX: Detections = (np.zeros((0, 4)), np.zeros(0))
 
 
 def _decode_named(
@@ -142,7 +142,7 @@ def _decode_named(
         return None
 
 
-def _add_row(rows: dict[str, Detection], name: str, patient_id: str, row: Detection) -> None:
+def _add_row(rows: dict[str, Detections], name: str, patient_id: str, row: Detections) -> None:
     if patient_id in rows:
         raise InputError(f"{name}: patient {patient_id} appears in two DICOMs")
     rows[patient_id] = row
@@ -154,7 +154,7 @@ def _detect(
     config: RunConfig,
     post: postprocess.PostprocessConfig,
     device: torch.device,
-) -> list[Detection]:
+) -> list[Detections]:
     """Post-processed (boxes xywh, scores) in cache pixels for uint8 [S, S] images."""
     if not pixels:
         return []
@@ -167,13 +167,13 @@ def _detect(
     return [postprocess.apply(d.boxes, d.scores, post, d.opacity) for d in fused]
 
 
-def _to_original(boxes: np.ndarray, scores: np.ndarray, meta: Any, size: int) -> Detection:
+def _to_original(boxes: np.ndarray, scores: np.ndarray, meta: Any, size: int) -> Detections:
     """Boxes from cache pixels back to the image's own Rows x Columns."""
     sx, sy = float(meta["cols"]) / size, float(meta["rows"]) / size
     return boxes * np.array([sx, sy, sx, sy]), scores
 
 
-def _write_checked(rows: dict[str, Detection], out: Path) -> Path:
+def _write_checked(rows: dict[str, Detections], out: Path) -> Path:
     submission.write_submission(rows, out)
     problems = submission.check_submission(out)
     if problems:
