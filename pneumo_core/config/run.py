@@ -186,31 +186,23 @@ def _seed() -> RunConfig:
 
 
 def _default() -> RunConfig:
-    """Our best recipe (the field defaults). Measured with bench/compare_presets.py on CPU,
-    ResNet-18-FPN from random weights for every recipe, 300 synthetic images at 192 px, 2
-    folds x 10 epochs: OOF mAP on hard data default 0.181 vs seed 0.000 (data seed 1: 0.188
-    vs 0.000; the seed scores 0 at every threshold); on easy data 0.670 vs 0.000 (0.180 at
-    the seed's best threshold). The seed's Adam 1e-5 barely moves a detector; AdamW 2e-4 with
-    warm-up and cosine decay does (AdamW 1e-3 on hard: 0.155, so 2e-4 stays). Most of the gap
-    is the learning rate: plain Adam 1e-4 with flips only reached 0.172 on hard. On easy data at
-    128 px (fold 0, validation mAP): GIoU box loss 0.29 vs L1 0.18; anchors kept at
-    torchvision's 32..512 px rather than scaled down with the image: 0.18 vs <= 0.05. Flip TTA,
-    WBF and the OOF-tuned threshold/max boxes/shrink come on top. GroupNorm in the head (as
-    torchvision's RetinaNet v2) was not measured apart. The pretrained-weight choices (conv1
-    from summed RGB kernels, frozen BN) follow the winning solutions; they cannot be
-    measured offline, where no weights exist."""
+    """Our best recipe (the field defaults), chosen by measurement against the seed with
+    bench/compare_presets.py (figures: README, "The default preset against the seed recipe").
+    The seed's Adam 1e-5 barely moves a detector; AdamW with warm-up and cosine decay does, and
+    most of the gap is the learning rate. GIoU beat L1 as the box loss; anchors stay at
+    torchvision's sizes rather than scaled down with the image. Flip TTA, WBF and the
+    out-of-fold-tuned threshold, box limit and shrink come on top. The pretrained-weight
+    choices (conv1 from summed RGB kernels, frozen BN) follow the winning solutions; they
+    cannot be measured offline, where no weights exist."""
     return RunConfig(preset="default")
 
 
 def _ci() -> RunConfig:
-    """Small enough to learn in minutes on two CPU cores: OOF mAP 0.47 and 0.45 on 300 easy
-    synthetic images (two data seeds, tests/e2e/test_core_pipeline.py), about a minute a fold.
-
-    Both folds train at once (one thread each on two cores) and validate at epochs 5 and 10
-    only: the demo's training phase 1.53x faster than one fold at a time validating every
-    epoch (180 vs 275 s over two data seeds, cross-fitted OOF mAP 0.347/0.337 vs 0.381/0.268;
-    `python -m bench.demo_training`). Batch 8 was faster still (1.9x) but one of its four runs
-    fell to 0.18, so batch, rate and steps stay as they were."""
+    """Small enough to learn in minutes on two CPU cores (tests/e2e/test_core_pipeline.py
+    holds its OOF mAP). Both folds train at once, one thread each, and validate every fifth
+    epoch only: the demo's training phase is faster that way (`python -m bench.demo_training`;
+    figures in the README). A larger batch was faster still but less stable from run to run,
+    so batch, rate and steps stay as they are."""
     return _default().with_overrides(
         {
             "preset": "ci",
