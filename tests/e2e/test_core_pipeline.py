@@ -105,7 +105,7 @@ def test_folds_train_and_write_their_outputs(trained):
 def test_out_of_fold_map_is_clearly_above_zero(trained):
     _, storage, run = trained
     result = evaluate.evaluate_run(open_store(storage), run)
-    print(f"OOF mAP {result['oof_map']:.4f} threshold {result['threshold']}")
+    print(f"OOF mAP {result.oof_map:.4f} threshold {result.threshold}")
     assert result.oof_map > MIN_OOF_MAP
 
 
@@ -151,8 +151,8 @@ def test_oof_map_is_calibrated_against_the_held_out_test_images(trained, tmp_pat
     se = float(np.hypot(test_se, result.oof_map_se))
     gap = abs(result.oof_map - test_map)
     print(
-        f"OOF mAP {result['oof_map']:.4f} (SE {result['oof_map_se']:.4f}, in-sample "
-        f"{result['oof_map_in_sample']:.4f}); test mAP {test_map:.4f} (SE {test_se:.4f}, "
+        f"OOF mAP {result.oof_map:.4f} (SE {result.oof_map_se:.4f}, in-sample "
+        f"{result.oof_map_in_sample:.4f}); test mAP {test_map:.4f} (SE {test_se:.4f}, "
         f"{scored} of {N_TEST} images scored); gap {gap:.4f}, 2 SE {2 * se:.4f}"
     )
     assert gap <= max(CALIBRATION_TOLERANCE, 2 * se)

@@ -211,7 +211,7 @@ def test_run_command_resumes_without_repeating_work(
     """`pneumo run --run-id` of a finished run: ingest and prepare come from Prefect's cache,
     the folds are not trained again, and the run stays champion without a second promotion."""
     store = open_store(file_run["storage"])
-    run_id = file_run["state"].result()["run_id"]
+    run_id = file_run["state"].result().run_id
     checkpoints = {f: store.get_bytes(f"runs/{run_id}/fold-{f}/checkpoint-last.pt") for f in (0, 1)}
 
     code = main(
@@ -268,7 +268,7 @@ def test_pipeline_on_s3(s3_storage: str, dataset: Path) -> None:
         max_parallel_folds=2, return_state=True,
     )  # fmt: skip
     assert state.is_completed(), state.message
-    run_id = state.result()["run_id"]
+    run_id = state.result().run_id
     store = open_store(s3_storage)
     check_outputs(store, run_id, dataset)
     assert champion.champion_run_id(store) == run_id
