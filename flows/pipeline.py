@@ -26,6 +26,7 @@ from flows.preflight import check_folds
 from flows.train_fold import train_fold_flow
 from pneumo_core.config.form import RunOverrides
 from pneumo_core.config.run import RunConfig, check_resume
+from pneumo_core.config.run import preset as preset_config
 from pneumo_core.data.prepare import cache_problems
 from pneumo_core.errors import InputError, PneumoError
 from pneumo_core.layout import SUMMARY, check_run_id, manifest_key, prepared_key
@@ -223,7 +224,7 @@ def _resolve_config(
         stored = run.config()
         check_resume(stored, run_id, None, overrides)
         return stored
-    return preset(preset, **overrides)
+    return preset_config(preset, **overrides)
 
 
 def _stored_evaluation(run: Run, trained: list[int]) -> Evaluation | None:
