@@ -47,7 +47,7 @@ test: $(STAMP)
 
 # Every benchmark, one JSON line per figure written to bench/results/<date>-<time>-<host>.jsonl
 # (when make bench started: one file per run, BENCH_RESULTS, so the table shows only this
-# run's figures), then the README's performance table regenerated from it. Run it on an
+# run's figures), then the performance table of docs/benchmarks.md regenerated from it. Run it on an
 # otherwise idle machine: the demo's training phase and Prefect's overhead are wall times.
 bench: export BENCH_RESULTS := $(CURDIR)/bench/results/$(shell date -u +%F-%H%M)-$(shell hostname).jsonl
 bench: $(STAMP)
@@ -59,7 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_inference
 	$(BIN)/python -m bench.demo_training --seeds 0
 	$(BIN)/python -m bench.bench_orchestration --epochs 2
-	$(BIN)/python -m bench.table --results $$BENCH_RESULTS --write README.md
+	$(BIN)/python -m bench.table --results $$BENCH_RESULTS --write docs/benchmarks.md
 
 # Ingest, prepare and a training epoch's loader at competition scale (26,684 + 3,000 generated
 # real-sized DICOMs) against SeaweedFS, apart from `bench`: about 25 GB of disk under

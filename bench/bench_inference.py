@@ -36,7 +36,7 @@ from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.local import LocalStore
 
 # (batch, under inference_mode): the baseline, predict's setting (16) under both modes, and
-# its neighbours (all five sizes under both modes measured on this CPU: README)
+# its neighbours (all five sizes under both modes measured on this CPU: docs/benchmarks.md)
 SETTINGS = ((1, False), (8, True), (16, False), (16, True), (32, True))
 
 

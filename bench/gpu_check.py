@@ -1,5 +1,5 @@
 """The GPU check: the `default` recipe on a real accelerator, in one script of under five
-minutes, whose figures the README's "Measured on a GPU" section quotes.
+minutes, whose figures docs/benchmarks.md's "Measured on a GPU" section quotes.
 
 1. generates a Kaggle-shaped data set at the real size (1024² JPEG DICOMs) and prepares
    it at 512² as the pipeline does;

@@ -2,10 +2,10 @@
 
 Every benchmark calls `emit` for each figure it measures; the line is printed and appended
 to `bench/results/<date>-<host>.jsonl` (or to `$BENCH_RESULTS`: `make bench` names one file
-per run), which `bench.table` turns into the README's table. Ours and the baseline are always
-measured side by side in the same run (the machine may be shared, so absolute figures drift;
-the ratio is the figure to trust). The load average at the time is recorded with each line
-for the same reason.
+per run), which `bench.table` turns into the table of docs/benchmarks.md. Ours and the
+baseline are always measured side by side in the same run (the machine may be shared, so
+absolute figures drift; the ratio is the figure to trust). The load average at the time is
+recorded with each line for the same reason.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The README's performance table, from the newest results file of `bench/results/`.
+"""The performance table of docs/benchmarks.md, from the newest results file of `bench/results/`.
 
 Takes the last line of each figure in the newest results file (or --results) and prints a
 markdown table (figure, ours, baseline, ratio, limit, machine); with --write it replaces the table
-between the `<!-- bench-table -->` markers of README.md.
+between the `<!-- bench-table -->` markers of docs/benchmarks.md.
 
-    .venv/bin/python -m bench.table [--results FILE] [--write README.md]
+    .venv/bin/python -m bench.table [--results FILE] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def markdown(figures: list[dict], source: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path)
-    parser.add_argument("--write", type=Path, help="README to update between the markers")
+    parser.add_argument("--write", type=Path, help="the page whose table to update")
     args = parser.parse_args()
     source = args.results or newest_results()
     table = markdown(latest_figures(source), source)

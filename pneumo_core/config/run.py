@@ -5,7 +5,7 @@ fold can be trained (or resumed) on any worker from the store alone, and two run
 compared field by field. Presets:
 
 - `seed`: the seed recipe of DESIGN.md, exactly, kept as the baseline to beat.
-- `default`: our best recipe (see the README's preset comparison for the measurements).
+- `default`: our best recipe (docs/benchmarks.md compares it with the seed).
 - `ci`: the smallest setting that still learns on a CPU, for tests and the demo.
 """
 
@@ -79,7 +79,7 @@ class RunConfig(CheckedModel):
     grad_clip: Annotated[float | None, NoneFromText] = Field(10.0, gt=0)
     # execution
     device: str = Field("auto", pattern=DEVICE_PATTERN)  # "auto" = CUDA when present, else CPU
-    # CUDA execution (README "GPU hosts", bench/gpu_check.py): on an H100 at batch 6 float32
+    # CUDA execution (docs/benchmarks.md, bench/gpu_check.py): on an H100 at batch 6 float32
     # (TF32 convolutions) trained faster than bf16 autocast, whose casts leave the step waiting
     # on the host; channels-last gained nothing. torch.compile is not measured yet.
     amp: bool = False  # bf16 autocast (fp16 with a scaler where bf16 is missing); CUDA only
@@ -187,7 +187,7 @@ def _seed() -> RunConfig:
 
 def _default() -> RunConfig:
     """Our best recipe (the field defaults), chosen by measurement against the seed with
-    bench/compare_presets.py (figures: README, "The default preset against the seed recipe").
+    bench/compare_presets.py (figures: docs/benchmarks.md, the preset comparison).
     The seed's Adam 1e-5 barely moves a detector; AdamW with warm-up and cosine decay does, and
     most of the gap is the learning rate. GIoU beat L1 as the box loss; anchors stay at
     torchvision's sizes rather than scaled down with the image. Flip TTA, WBF and the
@@ -201,7 +201,7 @@ def _ci() -> RunConfig:
     """Small enough to learn in minutes on two CPU cores (tests/e2e/test_core_pipeline.py
     holds its OOF mAP). Both folds train at once, one thread each, and validate every fifth
     epoch only: the demo's training phase is faster that way (`python -m bench.demo_training`;
-    figures in the README). A larger batch was faster still but less stable from run to run,
+    figures in docs/benchmarks.md). A larger batch was faster still but less stable from run to run,
     so batch, rate and steps stay as they are."""
     return _default().with_overrides(
         {

@@ -63,7 +63,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def tune_for_cuda(model: nn.Module, config: RunConfig) -> None:
-    """The CUDA execution settings (bench/gpu_check.py measured each; README, "GPU hosts").
+    """The CUDA execution settings (bench/gpu_check.py measured each; docs/benchmarks.md).
     Compiling covers the backbone and head, whose shapes are fixed, and leaves the loss
     and box decoding (data-dependent shapes) to eager mode."""
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK

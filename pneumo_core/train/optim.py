@@ -25,7 +25,7 @@ def create_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimiz
 
 def amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of training, None for float32. CUDA only: bfloat16 autocast on a
-    CPU with AMX trained the ci recipe 1.3-1.4x faster per core (README), but a tiny run
+    CPU with AMX trained the ci recipe 1.3-1.4x faster per core (docs/benchmarks.md), but a tiny run
     diverged to NaN with it, so CPUs stay in float32."""
     if not (config.amp and device.type == "cuda"):
         return None
