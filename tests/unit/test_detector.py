@@ -22,15 +22,8 @@ from pneumo_core.model.detector import (
 )
 
 S = 64
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -22,14 +22,7 @@ from pneumo_core.model.weights import resolve
 from pneumo_core.storage.base import file_sha256
 
 S = 64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
