@@ -47,7 +47,7 @@ def step_fn(config: RunConfig, batches: Callable[[], Batch]) -> Callable[[], Non
     model, _ = build_model(config)
     model.train()
     optimizer = create_optimizer(model, config)
-    amp = amp_dtype(config, torch.device("cpu"))
+    amp = amp_dtype(config.execution, torch.device("cpu"))
 
     def step() -> None:
         images, targets = batches()
@@ -113,13 +113,14 @@ def main() -> None:
                 },
                 args.repeat,
             )
+            ours_amp = amp_dtype(ours.execution, torch.device("cpu"))
             emit(
                 f"training step, {name} recipe ({ours.backbone}, {ours.image_size} px), per core",
                 ours.batch_size / seconds["ours"],
                 "images/s",
                 baseline=seed.batch_size / seconds["baseline"],
                 limit=ours.batch_size / seconds["limit"],
-                note=f"batch {ours.batch_size}, amp {amp_dtype(ours, torch.device('cpu'))}; "
+                note=f"batch {ours.batch_size}, amp {ours_amp}; "
                 "baseline: the seed's settings (float32, batch 6, Adam, its head and loss) on "
                 "the same backbone and size, data in memory; limit: our step with data in "
                 "memory; CPU time of one thread",

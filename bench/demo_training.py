@@ -107,7 +107,7 @@ def main() -> None:
 def train_folds(store: ObjectStore, run_id: str, config: RunConfig, share: bool = True) -> list:
     """Every fold of the run as the pipeline's local runner trains them on CPU:
     `max_parallel_folds` at once in threads, the cores shared between them when `share`."""
-    parallel = min(config.max_parallel_folds, config.n_folds)
+    parallel = min(config.execution.max_parallel_folds, config.n_folds)
     shared = cpu_shared_by(parallel) if parallel > 1 and share else nullcontext()
     with shared, ThreadPoolExecutor(parallel) as pool:
         folds = range(config.n_folds)

@@ -13,26 +13,25 @@ import threading
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.futures import wait
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from flows.core_logs import core_info_to_run_logs
 from flows.preflight import check_folds
 from flows.train_fold import train_fold_flow
 from pneumo_core.config.form import RunOverrides
-from pneumo_core.config.run import RunConfig, check_resume
-from pneumo_core.config.run import preset as preset_config
+from pneumo_core.config.run import PresetName, RunConfig
 from pneumo_core.data.prepare import cache_problems
-from pneumo_core.errors import InputError, PneumoError
+from pneumo_core.errors import PneumoError
 from pneumo_core.layout import SUMMARY, check_run_id, manifest_key, prepared_key
 from pneumo_core.runs import champion
 from pneumo_core.runs.records import Evaluation, TestPrediction
-from pneumo_core.runs.run import Run
+from pneumo_core.runs.run import Run, resolve_config
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.open import open_store
 from pneumo_core.train.device import cpu_shared_by
@@ -48,6 +47,13 @@ from tasks.weights import ensure_pretrained_weights
 from tasks.worker_runs import PICKUP_TIMEOUT_S
 
 FoldRunner = Literal["local", "deployment"]
+# Every parameter typed and ranged: a run from the command line, the UI or a deployment with
+# a bad one is refused before it starts, never after hours of training.
+Margin = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+FoldsAtOnce = Annotated[int, Field(ge=1, le=256)]
+GpusPerWorker = Annotated[int, Field(ge=0, le=64)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+FoldIndex = Annotated[int, Field(ge=0, lt=50)]
 
 
 _POOL_THREAD = threading.local()
@@ -90,17 +96,17 @@ class PipelineResult(BaseModel):
 def pipeline(
     source: str,
     storage: str,
-    preset: str = "default",
+    preset: PresetName | None = None,
     overrides: RunOverrides | None = None,
-    folds: list[int] | None = None,
+    folds: list[FoldIndex] | None = None,
     fold_runner: FoldRunner = "local",
     run_id: str | None = None,
-    max_parallel_folds: int | None = None,
-    promotion_margin: float = champion.DEFAULT_MARGIN,
+    max_parallel_folds: FoldsAtOnce | None = None,
+    promotion_margin: Margin = champion.DEFAULT_MARGIN,
     fold_deployment: str = TRAIN_FOLD_DEPLOYMENT,
     predict_deployment: str = PREDICT_DEPLOYMENT,
-    gpus_per_worker: int = 1,
-    fold_pickup_timeout_s: float = PICKUP_TIMEOUT_S,
+    gpus_per_worker: GpusPerWorker = 1,
+    fold_pickup_timeout_s: Seconds = PICKUP_TIMEOUT_S,
     submit: bool = False,
 ) -> PipelineResult:
     """Train and evaluate one run end to end; returns where its outputs are.
@@ -120,12 +126,10 @@ def pipeline(
         check_run_id(run_id)  # before any work: a bad id must not leave a half-made run behind
     store = open_store(storage)
     asked = overrides.to_overrides() if overrides else {}
-    run_config = _resolve_config(store, preset, asked, run_id)
+    run_config = resolve_config(store, preset, asked, run_id)
     chosen = check_folds(folds, run_config.n_folds)  # bad input fails before any work
-    if fold_runner not in ("local", "deployment"):
-        raise InputError(f"fold_runner {fold_runner!r}: choose local or deployment")
     digest = _ingest_and_prepare(store, source, run_config)
-    run_id = create_run(store.uri, run_config.to_dict(), run_id, source, digest)
+    run_id = create_run(store.uri, run_config, run_id, source, digest)
     if fold_runner == "deployment":
         _train_on_workers(
             fold_deployment, store.uri, run_id, chosen, gpus_per_worker, fold_pickup_timeout_s
@@ -136,7 +140,8 @@ def pipeline(
         )  # fmt: skip
     else:
         gpus = _gpu_count(run_config)
-        parallel = max_parallel_folds or (gpus if gpus > 1 else run_config.max_parallel_folds)
+        configured = run_config.execution.max_parallel_folds
+        parallel = max_parallel_folds or (gpus if gpus > 1 else configured)
         _train_here(store.uri, run_id, chosen, parallel, gpus if parallel > 1 else 0)
         predict = partial(predict_test_images, store.uri, run_id, return_state=True)
     return _evaluate_and_report(Run(store, run_id), run_config, predict, promotion_margin, submit)
@@ -214,19 +219,6 @@ def _evaluate_and_report(
     return result
 
 
-def _resolve_config(
-    store: ObjectStore, preset: str, overrides: dict[str, Any], run_id: str | None
-) -> RunConfig:
-    """A resumed run keeps its stored configuration (overrides that differ from it are an
-    error, never silently ignored); a new one is preset + overrides."""
-    if run_id and (run := Run(store, run_id)).exists():
-        get_run_logger().info("resuming run %s with its stored configuration", run_id)
-        stored = run.config()
-        check_resume(stored, run_id, None, overrides)
-        return stored
-    return preset_config(preset, **overrides)
-
-
 def _stored_evaluation(run: Run, trained: list[int]) -> Evaluation | None:
     """evaluation.json of a resumed run when it already covers exactly the trained folds."""
     stored = run.evaluation()
@@ -273,7 +265,7 @@ def _gpu_count(run_config: RunConfig) -> int:
     """GPUs the local runner spreads folds over: all visible ones when the device is open."""
     import torch
 
-    return torch.cuda.device_count() if run_config.device in ("auto", "cuda") else 0
+    return torch.cuda.device_count() if run_config.execution.device in ("auto", "cuda") else 0
 
 
 def _train_here(storage: str, run_id: str, folds: list[int], parallel: int, gpus: int) -> None:

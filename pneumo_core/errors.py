@@ -1,7 +1,9 @@
 """Error types shared by the whole library.
 
 The split matters to orchestration: `InputError` is deterministic (retrying cannot help),
-`TransientStorageError` is what a retry is for.
+`TransientStorageError` is what a retry is for. The command line exits 2 for the user's
+errors and 1 for the machine's and the network's (`StorageError`, `TransientStorageError`,
+`NetworkError`).
 """
 
 
@@ -23,3 +25,8 @@ class ObjectNotFound(StorageError):
 
 class TransientStorageError(PneumoError):
     """The store kept failing transiently after its own retries; a later retry may succeed."""
+
+
+class NetworkError(PneumoError):
+    """A remote service (Kaggle, a weights server) could not be reached, failed on its side
+    or sent a corrupt file: nothing the user typed is wrong, a later try may succeed."""

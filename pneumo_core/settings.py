@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     """How many times one S3 request is tried before a transient failure is given up on
     (0 counts as 1). Each retry waits a jittered, growing delay of at most 20 s."""
 
+    s3_silence_s: float = Field(120.0, ge=0)
+    """How long, in seconds, a command waits in all for an S3 endpoint that sends nothing
+    before giving up; each try waits a quarter of it for a byte, so a download that keeps
+    receiving bytes is never cut."""
+
     s3_backoff_s: float = Field(0.5, ge=0)
     """The first wait, in seconds, before a broken S3 download is read again; it doubles up
     to 20 s. Short waits suit tests, longer ones a flaky network."""

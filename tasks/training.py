@@ -34,15 +34,15 @@ class FoldRunFailed(PneumoError):
 @task(name="create-run", task_run_name="create-run", **RETRY_OPTIONS)
 def create_run(
     storage: str,
-    config: dict[str, Any],
+    config: RunConfig,
     run_id: str | None,
     source: str | None = None,
     manifest_digest: str | None = None,
 ) -> str:
     """A new run (config.json and its record written), or the existing run `run_id` resumed
-    unchanged."""
+    (its recipe and data unchanged; new execution settings stored)."""
     store = open_store(storage)
-    run = Run.create(store, RunConfig.from_dict(config), run_id, source, manifest_digest)
+    run = Run.create(store, config, run_id, source, manifest_digest)
     get_run_logger().info("run %s: %s", run.run_id, run.url(CONFIG))
     return run.run_id
 

@@ -96,6 +96,7 @@ def cli_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     from pneumo_core.storage.open import open_store
 
     if request.param == "file":
+        (tmp_path / "store").mkdir()  # an empty store (a missing folder is refused by name)
         return open_store((tmp_path / "store").as_uri())
     return open_store(request.getfixturevalue("s3_env"))
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from flows.cli.common import add_storage
+from flows.cli.common import add_storage, deferred_int, field_int, positive_int
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -58,14 +59,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def add_prepare(sub: argparse._SubParsersAction) -> None:
-    from pneumo_core import DEFAULT_DATASET
+    from pneumo_core.config.cache import CacheSpec
 
+    spec = CacheSpec.model_fields
     p = sub.add_parser("prepare", help="decode, resize and cache the images; labels and folds")
     add_storage(p)
-    p.add_argument("--image-size", type=int, default=512, help="cache size in px (square)")
-    p.add_argument("--folds", type=int, default=4, help="number of stratified folds")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help="name under raw/ in the store")
-    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument(
+        "--image-size", type=field_int(CacheSpec, "image_size"),
+        default=spec["image_size"].default, help="cache size in px (square)",
+    )  # fmt: skip
+    p.add_argument(
+        "--folds", type=field_int(CacheSpec, "n_folds"), default=spec["n_folds"].default,
+        help="number of stratified folds",
+    )  # fmt: skip
+    p.add_argument(
+        "--dataset", default=spec["dataset"].default, help="name under raw/ in the store"
+    )
+    p.add_argument("--workers", type=positive_int, help="decoding processes (default: all cores)")
     p.set_defaults(handler=cmd_prepare, log_lines=True)
 
 
@@ -113,8 +123,13 @@ def add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_check_submission(args: argparse.Namespace) -> int:
+    from pneumo_core.errors import InputError
     from pneumo_core.evaluation.submission import check_submission
 
+    # a file that is not there is a wrong argument (exit 2), not an invalid submission (exit 1)
+    for flag, path in (("submission", args.submission), ("--sample", args.sample)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{flag} {path}: no such file")
     problems = check_submission(args.submission, args.sample)
     for problem in problems[:50]:
         print(f"{args.submission}: {problem}", file=sys.stderr)
@@ -129,7 +144,7 @@ def cmd_check_submission(args: argparse.Namespace) -> int:
 def add_check_submission(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check-submission",
-        help="validate a Kaggle submission CSV (exit 0 valid, 1 invalid)",
+        help="validate a Kaggle submission CSV (exit 0 valid, 1 invalid, 2 no such file)",
     )
     p.add_argument("submission", help="patientId,PredictionString CSV")
     p.add_argument("--sample", help="sample submission: its patientIds must appear exactly once")
@@ -152,13 +167,31 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_int(name: str) -> Callable[[str], int]:
+    """The bounds `synthetic.generate` holds its argument `name` to; the module (OpenCV,
+    pydicom: half a second) is imported only when synth's flag is parsed."""
+
+    def bounds() -> tuple[int, int]:
+        from pneumo_core.data.synthetic import BOUNDS
+
+        return BOUNDS[name]
+
+    return deferred_int(bounds)
+
+
 def add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="generate a Kaggle-shaped synthetic dataset")
     p.add_argument("--out", required=True, help="folder to write into (archive names must be free)")
-    p.add_argument("--n-train", type=int, default=200, help="train images (with labels)")
-    p.add_argument("--n-test", type=int, default=50, help="test images (sample submission)")
-    p.add_argument("--image-size", type=int, default=1024, help="square size in px")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same dataset")
+    p.add_argument(
+        "--n-train", type=_synth_int("n_train"), default=200, help="train images (with labels)"
+    )
+    p.add_argument(
+        "--n-test", type=_synth_int("n_test"), default=50, help="test images (sample submission)"
+    )
+    p.add_argument(
+        "--image-size", type=_synth_int("image_size"), default=1024, help="square size in px"
+    )
+    p.add_argument("--seed", type=_synth_int("seed"), default=0, help="same seed, same dataset")
     p.add_argument("--difficulty", choices=("easy", "hard"), default="easy")
     p.add_argument(
         "--zip", action="store_true", help="write rsna-pneumonia-detection-challenge.zip"

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from flows.cli import data, model, operate, pipeline, weights
 from flows.cli.common import Handler
-from pneumo_core.errors import PneumoError, StorageError, TransientStorageError
+from pneumo_core.errors import NetworkError, PneumoError, StorageError, TransientStorageError
 
 ADDERS: list[Callable[[argparse._SubParsersAction], None]] = [
     data.add_synth,
@@ -73,13 +73,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug or _debug_from_env():
             raise
         print(f"pneumo {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, PneumoError) and not isinstance(exc, SYSTEM_ERRORS) else 1
+        return exit_code(exc)
 
 
 DEBUG_ENV = "PNEUMO_DEBUG"
-# The machine, not the user's input: the store or a disk (exit 1). InputError and the other
-# PneumoErrors are the user's to fix (exit 2); anything unexpected is exit 1 too.
-SYSTEM_ERRORS = (StorageError, TransientStorageError, OSError)
+# The machine or the network, not the user's input: the store, a disk, a remote service
+# (exit 1). InputError and the other PneumoErrors are the user's to fix (exit 2); anything
+# unexpected is exit 1 too.
+SYSTEM_ERRORS = (StorageError, TransientStorageError, NetworkError, OSError)
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for the user's errors, 1 for the machine's and the network's. A PneumoError marked
+    `transient` (a later try may succeed: Kaggle unreachable or failing on its side) is the
+    network's."""
+    if not isinstance(exc, PneumoError) or isinstance(exc, SYSTEM_ERRORS):
+        return 1
+    return 1 if getattr(exc, "transient", False) else 2
 
 
 def _debug_from_env() -> bool:

@@ -16,9 +16,9 @@ _TABLE_WIDTH = 10_000  # never wrap or cut a table to the terminal: run ids stay
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from pneumo_core.runs.kaggle_submit import submit_run
-    from pneumo_core.storage.open import open_store
+    from pneumo_core.storage.open import open_existing_store
 
-    record = submit_run(open_store(args.storage), args.run, args.message, args.competition)
+    record = submit_run(open_existing_store(args.storage), args.run, args.message, args.competition)
     print(
         f"submitted {record.file} (sha256 {record.sha256[:12]}) to {record.competition} as "
         f"submission {record.ref}: {record.answer}"
@@ -49,9 +49,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     import json
 
     from pneumo_core.runs.catalog import list_runs
-    from pneumo_core.storage.open import open_store
+    from pneumo_core.storage.open import open_existing_store
 
-    store = open_store(args.storage)
+    store = open_existing_store(args.storage)
     if args.links:
         return _print_links(store, args.links)
     runs = list_runs(store)
@@ -63,7 +63,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             "*" if r.champion else "",
             r.run_id,
             (r.created or "–")[:19].replace("T", " "),
-            r.preset or "–",
+            "damaged" if r.damaged else r.preset or "–",
             f"{r.folds_trained}/{r.n_folds if r.n_folds is not None else '?'}",
             cell(r.oof_map),
             cell(r.test_images),
@@ -77,6 +77,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs in {store.uri}")
     else:
         print("* champion; OOF mAP: out-of-fold, each image scored by models that never saw it")
+    for r in runs:
+        if r.damaged:
+            print(f"damaged: run {r.run_id}: {r.damaged}")
     return 0
 
 
@@ -92,9 +95,9 @@ def cmd_champion(args: argparse.Namespace) -> int:
     import json
 
     from pneumo_core.runs.catalog import champion_record
-    from pneumo_core.storage.open import open_store
+    from pneumo_core.storage.open import open_existing_store
 
-    record = champion_record(open_store(args.storage))
+    record = champion_record(open_existing_store(args.storage))
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
@@ -117,9 +120,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
     from pneumo_core.runs.catalog import compare_runs
-    from pneumo_core.storage.open import open_store
+    from pneumo_core.storage.open import open_existing_store
 
-    store = open_store(args.storage)
+    store = open_existing_store(args.storage)
     comparison = compare_runs(store, args.run_a, args.run_b)
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2))
@@ -154,7 +157,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
 def _print_links(store: object, run_id: str) -> int:
     from pneumo_core.runs.links import run_links
 
-    links = run_links(store, run_id)  # type: ignore[arg-type]
+    links = run_links(store, run_id)  # type: ignore[arg-type]  # unknown run: InputError
     if not links:
         print(f"run {run_id}: no outputs in {store.uri}")  # type: ignore[attr-defined]
     for name, link in links.items():

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.cli.common import add_storage
+from flows.cli.common import add_storage, bounded_int, config_int, non_negative_float
 from pneumo_core.layout import TRAIN_LABELS
 
 if TYPE_CHECKING:  # the flows import Prefect and torch: seconds, only when a run starts
@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.whole_process,
         source=args.source,
         storage=args.storage,
-        preset=args.preset or "default",
+        preset=args.preset,
         overrides=overrides,
         folds=args.train_fold or None,
         fold_runner=args.fold_runner,
@@ -59,17 +59,20 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset", help="seed, default or ci (default: default; a resumed run keeps its own)"
     )
-    p.add_argument("--folds", type=int, help="number of folds (config n_folds)")
-    p.add_argument("--epochs", type=int, help="epochs per fold (config epochs)")
+    p.add_argument("--folds", type=config_int("n_folds"), help="number of folds (config n_folds)")
+    p.add_argument("--epochs", type=config_int("epochs"), help="epochs per fold (config epochs)")
     p.add_argument("--run-id", help="resume this run (or name a new one); default: a new run")
     p.add_argument("--fold-runner", choices=("local", "deployment"), default="local")
     p.add_argument(
-        "--train-fold", type=int, action="append", metavar="K",
+        "--train-fold", type=bounded_int(0), action="append", metavar="K",
         help="train only this fold (repeatable); default: every fold",
     )  # fmt: skip
-    p.add_argument("--max-parallel-folds", type=int, help="local runner: folds at once")
     p.add_argument(
-        "--promotion-margin", type=float, default=0.0,
+        "--max-parallel-folds", type=config_int("execution.max_parallel_folds"),
+        help="local runner: folds at once",
+    )  # fmt: skip
+    p.add_argument(
+        "--promotion-margin", type=non_negative_float, default=0.0,
         help="OOF mAP a run must beat the champion by to replace it",
     )  # fmt: skip
     p.add_argument(

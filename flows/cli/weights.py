@@ -10,10 +10,12 @@ from pneumo_core.model.backbones import BACKBONES
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
-    from pneumo_core.model import weights
     from pneumo_core.storage.open import open_store
 
     store = open_store(args.storage)
+    store.probe()  # a store that cannot take the file fails before torch and the download
+    from pneumo_core.model import weights
+
     for key in weights.fetch(store, args.backbone, progress=True):
         record = store.get_json(f"{key}.json")
         print(f"{store.url(key)}  sha256 {record['sha256']}  ({record['weights']})")

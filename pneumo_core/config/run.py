@@ -2,7 +2,9 @@
 
 A run is fully described by one `RunConfig`, saved as `runs/<run_id>/config.json`, so a
 fold can be trained (or resumed) on any worker from the store alone, and two runs can be
-compared field by field. Presets:
+compared field by field. It is the recipe (everything that decides the model) plus an
+`execution` section (device, precision, loader workers, folds at once) that a resume may
+change; the configuration hash covers the recipe only. Presets:
 
 - `seed`: the seed recipe of DESIGN.md, exactly, kept as the baseline to beat.
 - `default`: our best recipe (docs/benchmarks.md compares it with the seed).
@@ -16,34 +18,27 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from pneumo_core import DEFAULT_DATASET
-from pneumo_core.config.checked import CheckedModel, NoneFromText
+from pneumo_core.config.cache import CacheSpec
+from pneumo_core.config.checked import NoneFromText
+from pneumo_core.config.execution import SECTION, ExecutionConfig, canonical_key
 from pneumo_core.data.augment_config import AugmentConfig
 from pneumo_core.errors import InputError
 from pneumo_core.evaluation.postprocess import PostprocessConfig
 from pneumo_core.model.backbones import Backbone
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a dataset name: one safe store key part
-DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
-
-class RunConfig(CheckedModel):
-    """Everything that decides what a run trains and how it predicts.
+class RunConfig(CacheSpec):
+    """Everything that decides what a run trains and how it predicts, and (its `execution`
+    section) where and how fast it trains.
 
     Every field has a checked type and range (pydantic): a bad value, from Python, a
     command-line `--set`, a stored config.json or the Prefect UI's form, is an InputError
-    naming the field. The device's syntax is checked here; whether it exists on the machine
-    that trains is checked there (`train.resolve_device`), since runs are often configured
-    on a machine without the GPU that will train them.
+    naming the field. The data set, image size, folds and seed come from `CacheSpec`.
     """
 
     preset: str = Field("default", min_length=1)
-    dataset: str = Field(DEFAULT_DATASET, pattern=NAME_PATTERN)
-    image_size: int = Field(512, ge=32, le=4096)
-    n_folds: int = Field(4, ge=2, le=50)
-    seed: int = Field(42, ge=0, le=2**32 - 1)
     # model
     backbone: Backbone = "resnet50"
     pretrained: bool = True  # weights required: weights_path, the store or torch's hub cache
@@ -68,7 +63,6 @@ class RunConfig(CheckedModel):
     # optimisation
     epochs: int = Field(16, ge=1, le=10_000)
     batch_size: int = Field(6, ge=1, le=4096)
-    val_batch_size: int = Field(4, ge=1, le=4096)
     optimizer: Literal["adam", "adamw"] = "adamw"
     lr: float = Field(2e-4, gt=0, le=1)
     weight_decay: float = Field(1e-4, ge=0, le=1)
@@ -77,28 +71,39 @@ class RunConfig(CheckedModel):
     plateau_patience: int = Field(4, ge=0)
     plateau_factor: float = Field(0.2, gt=0, lt=1)
     grad_clip: Annotated[float | None, NoneFromText] = Field(10.0, gt=0)
-    # execution
-    device: str = Field("auto", pattern=DEVICE_PATTERN)  # "auto" = CUDA when present, else CPU
-    # CUDA execution (docs/benchmarks.md, bench/gpu_check.py): on an H100 at batch 6 float32
-    # (TF32 convolutions) trained faster than bf16 autocast, whose casts leave the step waiting
-    # on the host; channels-last gained nothing. torch.compile is not measured yet.
-    amp: bool = False  # bf16 autocast (fp16 with a scaler where bf16 is missing); CUDA only
-    channels_last: bool = False  # CUDA only
-    torch_compile: bool = False  # CUDA only: backbone and head through torch.compile
-    num_workers: int = Field(2, ge=0, le=256)
-    max_parallel_folds: int = Field(1, ge=1, le=256)
     val_every: int = Field(1, ge=1)
     # inference
     tta_hflip: bool = True
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _execution_in_its_section(cls, data: Any) -> Any:
+        """Execution settings given at the top level (a config.json stored before the
+        section existed, or `num_workers` without its section) move into `execution`."""
+        flat = isinstance(data, Mapping) and any(k in ExecutionConfig.model_fields for k in data)
+        if not flat:
+            return data
+        data = dict(data)
+        section = dict(data.get(SECTION) or {})
+        for key in ExecutionConfig.model_fields:
+            if key in data:
+                section[key] = data.pop(key)
+        return data | {SECTION: section}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def recipe(self) -> dict[str, Any]:
+        """The configuration without its execution settings: what decides the model."""
+        return self.model_dump(exclude={SECTION})
+
     def config_hash(self) -> str:
-        """Short, stable digest of the whole configuration (cache keys, run comparison)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Short, stable digest of the recipe (champion records, run comparison): the same
+        recipe hashes the same whatever device or loader workers ran it."""
+        canonical = json.dumps(self.recipe(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -109,17 +114,18 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise InputError(f"override {item!r}: expected KEY=VALUE (e.g. augment.rotate=0)")
-        out[key.strip()] = value.strip()
+        out[canonical_key(key.strip())] = value.strip()
     return out
 
 
-def check_resume(
+def resumed(
     stored: RunConfig, run_id: str, preset_name: str | None, overrides: Mapping[str, Any]
-) -> None:
-    """Refuse resuming `run_id` with a preset or overrides that differ from what it was
-    created with (a resume always continues the stored configuration), naming each field."""
+) -> RunConfig:
+    """The configuration a resume of `run_id` continues with: its stored recipe, with the
+    execution settings asked now. A preset or recipe override that differs from what the run
+    was created with is refused, naming each field (a run's model never changes midway)."""
     asked = stored.with_overrides(overrides)
-    before, after = flatten(stored.to_dict()), flatten(asked.to_dict())
+    before, after = flatten(stored.recipe()), flatten(asked.recipe())
     differ = [
         f"{k} (stored {before[k]!r}, asked {after[k]!r})" for k in before if before[k] != after[k]
     ]
@@ -127,9 +133,11 @@ def check_resume(
         differ.insert(0, f"preset (stored {stored.preset!r}, asked {preset_name!r})")
     if differ:
         raise InputError(
-            f"run {run_id} exists with another configuration: {'; '.join(differ)}. Resume it "
-            "without --preset/--epochs/--folds/--set, or start a new run with another --run-id"
+            f"run {run_id} exists with another recipe: {'; '.join(differ)}. Resume it without "
+            "--preset/--epochs/--folds/--set of recipe fields (execution.* may change), or "
+            "start a new run with another --run-id"
         )
+    return asked
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -169,7 +177,6 @@ def _seed() -> RunConfig:
         box_loss="l1",
         epochs=16,
         batch_size=6,
-        val_batch_size=4,
         optimizer="adam",
         lr=1e-5,
         weight_decay=0.0,
@@ -213,14 +220,15 @@ def _ci() -> RunConfig:
             "fpn_channels": 64,
             "epochs": 10,
             "batch_size": 4,
-            "val_batch_size": 16,
             "lr": 1e-3,
-            "num_workers": 0,
-            "max_parallel_folds": 2,
             "val_every": 5,
+            "execution.val_batch_size": 16,
+            "execution.num_workers": 0,
+            "execution.max_parallel_folds": 2,
         }
     )
 
 
 _PRESETS = {"seed": _seed, "default": _default, "ci": _ci}
 PRESETS = tuple(_PRESETS)
+PresetName = Literal["seed", "default", "ci"]  # a choice in forms; `preset` checks it too

@@ -3,13 +3,16 @@
 Archives are untrusted. Before a member is offered its name is checked (it must land below
 raw/<dataset>/), the zip's directory is checked against bombs (total size, compression ratio),
 links, encryption, duplicates and file-versus-folder clashes are refused, and a corrupt member
-fails with its name. Nothing here writes to the store: ingest.py decides what to upload.
+fails with its name. `check_kaggle_shape` then refuses a source that is not the competition's
+archive, or whose labels prepare would refuse, reading only the two label tables. Nothing here
+writes to the store: ingest.py decides what to upload.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import stat
@@ -21,8 +24,9 @@ from functools import partial
 from pathlib import Path
 from typing import IO
 
+from pneumo_core.data.labels import load_labels
 from pneumo_core.errors import InputError
-from pneumo_core.layout import MANIFEST
+from pneumo_core.layout import CLASS_INFO, MANIFEST, TRAIN_IMAGES, TRAIN_LABELS
 
 SMALL_MEMBER_BYTES = 8 << 20  # larger members go through a local file and put_file (multipart)
 _CHUNK = 1 << 20
@@ -154,6 +158,52 @@ def _checked_layout(members: list[Member], origin: Path) -> list[Member]:
     if not members:
         raise InputError(f"{origin}: no files to ingest")
     return members
+
+
+def check_kaggle_shape(members: list[Member], where: str) -> None:
+    """Refuse a source that is not the competition's archive (naming what is missing) or whose
+    labels prepare would refuse: checked with prepare's own parser before anything is stored,
+    so a broken source never replaces a good dataset. Image files are not read."""
+    by_name = {m.name: m for m in members}
+    missing = [name for name in (TRAIN_LABELS, CLASS_INFO) if name not in by_name]
+    if not any(name.startswith(TRAIN_IMAGES + "/") for name in by_name):
+        missing.append(f"{TRAIN_IMAGES}/ (the train images)")
+    if missing:
+        raise InputError(
+            f"{where}: not the competition's archive: no {', '.join(missing)} at its top"
+            f"{_what_is_there(sorted(by_name))}"
+        )
+    labels = load_labels(
+        _table(by_name[TRAIN_LABELS], f"{where}/{TRAIN_LABELS}"),
+        _table(by_name[CLASS_INFO], f"{where}/{CLASS_INFO}"),
+    )
+    if labels.patients.empty:
+        raise InputError(f"{where}/{TRAIN_LABELS}: no labelled patients (only a header)")
+
+
+def _what_is_there(names: list[str]) -> str:
+    """A hint for a source that is not the archive: where the labels sit if they are nested
+    one level down, else the first few names at its top."""
+    nested = [n for n in names if n.endswith("/" + TRAIN_LABELS)]
+    if nested:
+        return f" (it has {nested[0]!r}: give the folder holding that file, unpacked, instead)"
+    top = sorted({n.split("/")[0] + ("/" if "/" in n else "") for n in names})
+    shown = ", ".join(top[:5]) + (f" and {len(top) - 5} more" if len(top) > 5 else "")
+    return f" (its top holds {shown})"
+
+
+def _table(member: Member, name: str) -> io.StringIO:
+    """A label table as text named for messages, decoded as prepare decodes the stored copy."""
+    try:
+        with member.open() as src:
+            text = src.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise InputError(f"{name}: member is corrupt ({exc})") from exc
+    stream = io.StringIO(text)
+    stream.name = name
+    return stream
 
 
 def read_checked(member: Member, spill: Path, source: str) -> tuple[bytes | Path, int, str]:

@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pneumo_core import DEFAULT_DATASET
 from pneumo_core.boxes import xywh_to_xyxy
 from pneumo_core.data.augment import Augmenter
 from pneumo_core.data.labels import BOX_COLUMNS, CLASSES, group_boxes
@@ -49,9 +48,7 @@ class PreparedCache:
     Attributes: `metadata`, `labels`, `boxes`, `folds` (DataFrames as CONTRACT.md lists them).
     """
 
-    def __init__(
-        self, store: ObjectStore, dataset: str = DEFAULT_DATASET, image_size: int = 512
-    ) -> None:
+    def __init__(self, store: ObjectStore, dataset: str, image_size: int) -> None:
         self.dataset = dataset
         self.image_size = image_size
         self.prefix = f"prepared/{dataset}/{image_size}/"

@@ -9,7 +9,7 @@ from sklearn.model_selection import StratifiedKFold
 from pneumo_core.errors import InputError
 
 
-def make_folds(patients: pd.DataFrame, n_folds: int = 4, seed: int = 42) -> pd.DataFrame:
+def make_folds(patients: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     """patientId, class, fold (0..n_folds-1): one row per patient, in the input order.
 
     Stratifying on the class (not only the target) keeps the "No Lung Opacity / Not Normal"

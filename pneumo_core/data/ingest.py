@@ -1,8 +1,9 @@
 """Ingest: copy a source of the competition archive into the store, under a manifest.
 
 A source is `kaggle://<competition>`, a local `.zip`, a local folder already unpacked, or an
-`s3://bucket/key.zip`. Every member's name is checked and its bytes read in full before the
-first write (archive.py), so a hostile or corrupt archive leaves the store exactly as it was.
+`s3://bucket/key.zip`. Every member's name is checked, the competition's files and valid
+labels must be there, and every member's bytes are read in full before the first write
+(archive.py), so a hostile, corrupt or wrong source leaves the store exactly as it was.
 Members already stored byte for byte are not uploaded again. `manifest.json` is written
 last and marks a complete ingest; it is removed before the first object changes, so a reader
 never pairs an old manifest with new bytes.
@@ -22,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from pneumo_core import DEFAULT_DATASET
-from pneumo_core.data.archive import Member, folder_members, read_checked, zip_members
+from pneumo_core.data.archive import (
+    Member,
+    check_kaggle_shape,
+    folder_members,
+    read_checked,
+    zip_members,
+)
 from pneumo_core.data.kaggle import KAGGLE_SCHEME, downloaded_competition
 from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.layout import ingest_lock_key, manifest_key, raw_prefix
@@ -30,7 +37,7 @@ from pneumo_core.progress import progress_reporter
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.lease import lease
 from pneumo_core.storage.local import LocalStore
-from pneumo_core.storage.open import open_store
+from pneumo_core.storage.open import local_path, open_store
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +69,37 @@ def ingest(
     dataset: str = DEFAULT_DATASET,
     progress: bool | None = None,
 ) -> IngestResult:
-    """Copy the source's members to `raw/<dataset>/`, skipping those already stored intact."""
-    check_source(source, store)
-    with (
-        _members_of(source) as members,
-        lease(store, ingest_lock_key(dataset), f"ingest of {_describe(source)}"),
-    ):  # one ingest at a time per dataset: the manifest describes exactly what is stored
-        return _store_members(members, _describe(source), store, dataset, progress)
+    """Copy the source's members to `raw/<dataset>/`, skipping those already stored intact.
+    Every check of `check_source` runs first (for a download, once it is here), so a refused
+    source leaves the store, and its current manifest, as they were."""
+    _check_form(source, store)
+    with _members_of(source) as members:
+        check_kaggle_shape(members, _describe(source))
+        # one ingest at a time per dataset: the manifest describes exactly what is stored
+        with lease(store, ingest_lock_key(dataset), f"ingest of {_describe(source)}"):
+            return _store_members(members, _describe(source), store, dataset, progress)
 
 
 # --- sources --------------------------------------------------------------------------------
 
 
 def check_source(source: str, store: ObjectStore) -> None:
-    """The cheap checks of a source, before any work: its form, that a local one exists,
-    and that the store is not inside a source folder (each ingest would then copy the store
-    into itself, and the second one would remove the manifest it is reading)."""
+    """Every check ingest makes before writing, for a source already on this machine: its
+    form, the member names and a zip's inflation ceilings, the competition's files present
+    and labels prepare would accept. Reads a zip's directory and the two label tables, never
+    an image, so `pneumo run` refuses a bad source in about a second. A `kaggle://` or
+    `s3://` source is checked for its form only here, and in full by ingest once downloaded."""
+    _check_form(source, store)
+    if source.startswith((KAGGLE_SCHEME, "s3://")):
+        return
+    with _members_of(source) as members:
+        check_kaggle_shape(members, _describe(source))
+
+
+def _check_form(source: str, store: ObjectStore) -> None:
+    """The cheap checks of a source: its form, that a local one exists, and that the store
+    is not inside a source folder (each ingest would then copy the store into itself, and the
+    second one would remove the manifest it is reading)."""
     if source.startswith(KAGGLE_SCHEME):
         if not source.removeprefix(KAGGLE_SCHEME).strip("/"):
             raise InputError(f"source {source!r} names no competition")
@@ -87,7 +109,7 @@ def check_source(source: str, store: ObjectStore) -> None:
         if parent == "s3:/" or not name:
             raise InputError(f"source {source!r} is not an s3://bucket/key of a zip")
         return
-    path = Path(source.removeprefix("file://")).expanduser().resolve()
+    path = _local_path(source).resolve()
     if not path.exists():
         raise InputError(f"source {source!r}: no such folder or .zip file")
     if isinstance(store, LocalStore) and path.is_dir() and store.root.is_relative_to(path):
@@ -110,7 +132,7 @@ def _members_of(source: str) -> Iterator[list[Member]]:
         with zip_members(open_store(parent).local_path(name)) as members:
             yield members
         return
-    path = Path(source.removeprefix("file://")).expanduser()
+    path = _local_path(source)
     if path.is_dir():
         yield folder_members(path)
     elif path.is_file():
@@ -120,11 +142,16 @@ def _members_of(source: str) -> Iterator[list[Member]]:
         raise InputError(f"source {source!r}: no such folder or .zip file")
 
 
+def _local_path(source: str) -> Path:
+    """A local source: a path, or a file: URI read as the store's URIs are."""
+    return local_path(source).expanduser()
+
+
 def _describe(source: str) -> str:
     """The source as the manifest records it: local paths made absolute."""
     if source.startswith((KAGGLE_SCHEME, "s3://")):
         return source
-    return str(Path(source.removeprefix("file://")).expanduser().resolve())
+    return str(_local_path(source).resolve())
 
 
 # --- store ----------------------------------------------------------------------------------

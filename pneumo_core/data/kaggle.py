@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pneumo_core.errors import InputError
+from pneumo_core.errors import InputError, NetworkError
 
 KAGGLE_SCHEME = "kaggle://"
 _CREDENTIALS_HELP = (
@@ -82,7 +82,7 @@ def _download_competition(api: Any, competition: str, dest_dir: Path) -> Path:
         api.competition_download_files(
             competition, path=str(dest_dir), quiet=not sys.stderr.isatty()
         )
-    except requests.HTTPError as exc:
+    except requests.RequestException as exc:  # HTTPError, or no connection (no response)
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403, 404):
             raise InputError(
@@ -90,5 +90,8 @@ def _download_competition(api: Any, competition: str, dest_dir: Path) -> Path:
                 "competition name and your credentials, and accept the rules at "
                 f"https://www.kaggle.com/competitions/{competition}/rules"
             ) from exc
-        raise
+        answer = f"HTTP {status}" if status else type(exc).__name__
+        raise NetworkError(
+            f"Kaggle failed the download of {competition!r} ({answer}): {exc}"
+        ) from exc
     return dest_dir / f"{competition}.zip"

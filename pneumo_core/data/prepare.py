@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumo_core import DEFAULT_DATASET
+from pneumo_core.config.cache import CacheSpec
 from pneumo_core.data.decode import available_cores, decoded
 from pneumo_core.data.dicom import max_dicom_bytes, too_large
 from pneumo_core.data.folds import make_folds
@@ -93,17 +93,19 @@ class _Job:
 
 def prepare_dataset(
     store: ObjectStore,
-    dataset: str = DEFAULT_DATASET,
-    image_size: int = 512,
-    n_folds: int = 4,
-    seed: int = 42,
+    dataset: str | None = None,
+    image_size: int | None = None,
+    n_folds: int | None = None,
+    seed: int | None = None,
     workers: int | None = None,
     progress: bool | None = None,
 ) -> PrepareResult:
-    """Build (or find) the cache for one image size; see the module docstring."""
-    if image_size < 8:
-        raise InputError(f"image size must be at least 8 px, got {image_size}")
-    workers = workers or available_cores()
+    """Build (or find) the cache for one image size; see the module docstring. The data
+    set, size, folds and seed are checked as a run's are (`CacheSpec`); None: its default."""
+    asked = {"dataset": dataset, "image_size": image_size, "n_folds": n_folds, "seed": seed}
+    spec = CacheSpec(**{k: v for k, v in asked.items() if v is not None})
+    dataset, image_size, n_folds, seed = spec.dataset, spec.image_size, spec.n_folds, spec.seed
+    workers = available_cores() if workers is None else workers
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     started = time.perf_counter()

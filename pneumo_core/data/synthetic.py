@@ -27,6 +27,7 @@ import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
+from numbers import Integral
 from pathlib import Path
 
 import cv2
@@ -66,6 +67,15 @@ DIFFICULTIES = ("easy", "hard")
 JPEG_QUALITY = 90
 REAL_IMAGE_SIZE = 1024  # the competition's pixel spacing refers to this size
 ZIP_TIMESTAMP = (2018, 8, 27, 0, 0, 0)  # the competition's launch; zip needs some date
+# Bounds of the arguments: painting holds a few float32 copies of an image at full size (some
+# hundred MiB at 4096 px, tens of GiB at 100,000), the competition has 26,684 train and 3,000
+# test images, and NumPy seeds are non-negative.
+BOUNDS = {
+    "n_train": (1, 100_000),
+    "n_test": (0, 100_000),
+    "image_size": (64, 4096),
+    "seed": (0, 2**32 - 1),
+}
 
 
 def generate(
@@ -82,7 +92,7 @@ def generate(
 
     Refuses to overwrite an existing archive member in `out` so stale images never mix in.
     """
-    _check_args(n_train, n_test, image_size, difficulty)
+    _check_args(n_train, n_test, image_size, seed, difficulty)
     out = Path(out)
     target = out / ARCHIVE_NAME if zip else out
     clashes = [n for n in (*ARCHIVE_MEMBERS, ARCHIVE_NAME) if (out / n).exists()]
@@ -138,11 +148,13 @@ def real_backgrounds_dir(backgrounds: Path | str | None) -> Path | None:
     return folder
 
 
-def _check_args(n_train: int, n_test: int, image_size: int, difficulty: str) -> None:
-    if n_train < 1 or n_test < 0:
-        raise InputError(f"need n_train >= 1 and n_test >= 0, got {n_train} and {n_test}")
-    if image_size < 64:
-        raise InputError(f"image_size must be at least 64 px, got {image_size}")
+def _check_args(n_train: int, n_test: int, image_size: int, seed: int, difficulty: str) -> None:
+    """Each argument within its bounds, named, before anything is allocated or written."""
+    given = {"n_train": n_train, "n_test": n_test, "image_size": image_size, "seed": seed}
+    for name, value in given.items():
+        lo, hi = BOUNDS[name]
+        if isinstance(value, bool) or not isinstance(value, Integral) or not lo <= value <= hi:
+            raise InputError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
     if difficulty not in DIFFICULTIES:
         raise InputError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
 

@@ -60,7 +60,7 @@ def predict_images(
     submission CSV `out`; optionally one overlay PNG per image into `overlays`. An unreadable
     DICOM gets an empty PredictionString and a warning naming it, so one bad file costs one row."""
     config = load_run_config(store, run_id)
-    device = resolve_device(config.device)
+    device = resolve_device(config.execution.device)
     models = load_fold_models(store, run_id, config, device)
     post = tuned_postprocess(store, run_id, config)
     sources = list(_dicom_sources(images))
@@ -105,7 +105,7 @@ def predict_test_set(
     `folds` limits the ensemble to those folds' models (to score one fold's model alone)."""
     config = load_run_config(store, run_id)
     cache = PreparedCache(store, config.dataset, config.image_size)
-    device = resolve_device(config.device)
+    device = resolve_device(config.execution.device)
     models = load_fold_models(store, run_id, config, device, folds)
     post = tuned_postprocess(store, run_id, config)
     ids = cache.patient_ids("test")

@@ -20,7 +20,7 @@ from torchvision.models import WeightsEnum
 from torchvision.models.detection.retinanet import RetinaNet_ResNet50_FPN_Weights
 
 from pneumo_core.config.run import RunConfig
-from pneumo_core.errors import InputError, StorageError
+from pneumo_core.errors import InputError, NetworkError, StorageError
 from pneumo_core.storage.base import ObjectStore, file_sha256
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def fetch(store: ObjectStore, backbone: str, progress: bool = False) -> list[str
             # torchvision's own download: torch.hub checks the hash prefix in the file name
             weights.get_state_dict(progress=progress, check_hash=True)
         except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad hash a RuntimeError
-            raise InputError(
+            raise NetworkError(
                 f"could not fetch {weights} from {weights.url}: {exc}. On a host without "
                 "internet: run `pneumo weights fetch` where there is one (same --storage), or "
                 "build the worker image with WEIGHTS_BACKBONES, or --set pretrained=false"
@@ -90,7 +90,7 @@ def fetch(store: ObjectStore, backbone: str, progress: bool = False) -> list[str
         path = _hub_checkpoints() / name
         sha256 = _verified_hub_file(path)
         if sha256 is None:
-            raise InputError(f"{path}: its sha256 does not match the hash in its name")
+            raise NetworkError(f"{path}: its sha256 does not match the hash in its name")
         store.put_file(key, path)
         store.put_json(
             f"{key}.json",

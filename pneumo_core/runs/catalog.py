@@ -1,8 +1,9 @@
 """The runs in a store at a glance, and two runs side by side.
 
 Listing reads one listing of `runs/` (no per-run listing) and then the few small records
-of each run (config.json, evaluation.json, submission.csv, kaggle-submissions.jsonl) in
-parallel, so it stays quick on a store with hundreds of runs, on S3 as on a local folder.
+of each run (config.json, run.json, evaluation.json, submission.csv, kaggle-submissions.jsonl)
+in parallel, so it stays quick on a store with hundreds of runs, on S3 as on a local folder.
+A run whose records cannot be read is listed as damaged, with the reason; the others as usual.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pneumo_core.layout import (
     DONE,
     EVALUATION,
     KAGGLE_SUBMISSIONS,
+    RECORD,
     RUNS,
     SUBMISSION,
     fold_name,
@@ -37,7 +39,9 @@ READERS = 16  # parallel GETs: the store's latency, not its bandwidth, bounds a 
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str
-    created: str | None  # ISO 8601 UTC from the run id; None for a run named by hand
+    # ISO 8601 UTC: run.json's; for a run stored before records, the time in its id (None
+    # for one named by hand)
+    created: str | None
     preset: str | None
     folds_trained: int
     n_folds: int | None
@@ -48,6 +52,7 @@ class RunSummary:
     champion: bool
     submitted: int  # submissions Kaggle accepted
     config_hash: str | None
+    damaged: str | None = None  # why the run's records could not be read; None when they could
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +68,7 @@ def created_from_id(run_id: str) -> str | None:
 
 
 def list_runs(store: ObjectStore) -> list[RunSummary]:
-    """Every run with a config.json, newest first (runs without a time in the id last)."""
+    """Every run with a config.json, newest first (runs without a known time last)."""
     names: dict[str, set[str]] = defaultdict(set)
     for key in store.list(RUNS):
         parts = key.split("/", 2)
@@ -74,15 +79,66 @@ def list_runs(store: ObjectStore) -> list[RunSummary]:
     run_ids = [r for r, files in names.items() if CONFIG in files]
     with ThreadPoolExecutor(READERS) as pool:
         summaries = list(
-            pool.map(lambda r: _summary(store, r, names[r], r == champion_id), run_ids)
+            pool.map(lambda r: _summary_or_damaged(store, r, names[r], r == champion_id), run_ids)
         )
     return sorted(summaries, key=lambda s: (s.created or "", s.run_id), reverse=True)
+
+
+# What a damaged record raises: InputError (not JSON, a bad field), ValueError (a JSON line or
+# text that does not decode), TypeError (a JSON value of the wrong kind). Storage errors are
+# the machine's and still fail the listing.
+_DAMAGE = (InputError, ValueError, TypeError)
+
+
+def _summary_or_damaged(
+    store: ObjectStore, run_id: str, files: set[str], champion: bool
+) -> RunSummary:
+    """The run's summary; one whose records cannot be read is listed as damaged, with why."""
+    try:
+        return _summary(store, run_id, files, champion)
+    except _DAMAGE as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        created = _created(Run(store, run_id), files)
+    except _DAMAGE:
+        created = created_from_id(run_id)
+    return RunSummary(
+        run_id=run_id,
+        created=created,
+        preset=None,
+        folds_trained=0,
+        n_folds=None,
+        oof_map=None,
+        test_images=None,
+        champion=champion,
+        submitted=0,
+        config_hash=None,
+        damaged=reason,
+    )
+
+
+def _created(run: Run, files: set[str]) -> str | None:
+    """run.json's creation time, in UTC; the id's time for a run stored before records."""
+    record = run.record() if RECORD in files else None
+    if record is None:
+        return created_from_id(run.run_id)
+    try:
+        stamp = datetime.fromisoformat(record.created)
+    except ValueError:
+        raise InputError(
+            f"{run.url(RECORD)}: created {record.created!r} is not an ISO 8601 time"
+        ) from None
+    if stamp.tzinfo is None:  # written as UTC by Run.create
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def _summary(store: ObjectStore, run_id: str, files: set[str], champion: bool) -> RunSummary:
     """From the names `files` under the run's folder (one listing) and the few it holds."""
     run = Run(store, run_id)
     config = run.config_dict()
+    if not isinstance(config, dict):
+        raise InputError(f"{run.url(CONFIG)}: expected a JSON object")
     evaluation = run.evaluation() if EVALUATION in files else None
     test_images = None
     if SUBMISSION in files:
@@ -94,7 +150,7 @@ def _summary(store: ObjectStore, run_id: str, files: set[str], champion: bool) -
     trained = sum(fold_name(k, DONE) in files for k in range(int(n_folds or 0)))
     return RunSummary(
         run_id=run_id,
-        created=created_from_id(run_id),
+        created=_created(run, files),
         preset=config.get("preset"),
         folds_trained=trained,
         n_folds=n_folds,

@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pneumo_core.errors import InputError
 from pneumo_core.layout import (
     CHECKPOINT_BEST,
     CONFIG,
@@ -62,8 +63,11 @@ RUN_OUTPUTS = (REPORT, MODEL_CARD, SUBMISSION, EVALUATION, CONFIG)
 
 
 def run_links(store: ObjectStore, run_id: str, expires_s: int = MAX_EXPIRY_S) -> dict[str, Link]:
-    """Fresh links to a run's outputs that exist: documents, plots, best checkpoints."""
+    """Fresh links to a run's outputs that exist: documents, plots, best checkpoints. An
+    unknown run is the InputError every command gives for one (`Run.config`'s)."""
     keys = store.list(run_key(run_id, ""))
+    if run_key(run_id, CONFIG) not in keys:
+        raise InputError(f"run {run_id}: no {run_key(run_id, CONFIG)} in {store.uri}")
     wanted = {run_key(run_id, name) for name in RUN_OUTPUTS}
     plots = run_key(run_id, PLOTS + "/")
     chosen = [

@@ -8,10 +8,12 @@ an unknown run or a damaged record is one `InputError` naming the stored file.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pneumo_core.config.run import RunConfig
+from pneumo_core.config.run import RunConfig, preset, resumed
 from pneumo_core.errors import InputError, ObjectNotFound
 from pneumo_core.layout import (
     CONFIG,
@@ -36,6 +38,8 @@ from pneumo_core.runs.ids import new_run_id
 from pneumo_core.runs.records import Evaluation, FoldResult, RunRecord
 from pneumo_core.storage.base import ObjectStore
 
+log = logging.getLogger(__name__)
+
 
 class Run:
     """One run of a store; cheap to make (no I/O until a method reads)."""
@@ -52,12 +56,12 @@ class Run:
         source: str | None = None,
         manifest_digest: str | None = None,
     ) -> Run:
-        """A new run with its configuration and record; an existing run with the same
-        configuration is returned unchanged (a resume), another configuration refused."""
+        """A new run with its configuration and record, or an existing one resumed: its
+        recipe and data must be those it was made with (else InputError, nothing touched);
+        new execution settings replace the stored ones."""
         run = cls(store, run_id or new_run_id())
         if run.exists():
-            if run.config() != config:
-                raise InputError(f"run {run.run_id} already exists with a different configuration")
+            run._resume(config, manifest_digest)
             return run
         record = RunRecord(
             run_id=run.run_id,
@@ -68,6 +72,26 @@ class Run:
         store.put_json(run.key(RECORD), record.to_json())
         store.put_json(run.key(CONFIG), config.to_dict())
         return run
+
+    def _resume(self, config: RunConfig, manifest_digest: str | None) -> None:
+        stored = self.config()
+        if stored.recipe() != config.recipe():
+            raise InputError(f"run {self.run_id} already exists with a different recipe")
+        record = self.record()
+        recorded = record.manifest_digest if record else None
+        if manifest_digest and recorded and manifest_digest != recorded:
+            raise InputError(
+                f"run {self.run_id} was trained on data set manifest {recorded[:12]}, the source "
+                f"now gives {manifest_digest[:12]}: resume it with its own source "
+                f"({record.source if record else 'unknown'}), or start a new run"
+            )
+        if stored.execution != config.execution:
+            before, after = stored.execution.to_dict(), config.execution.to_dict()
+            changed = ", ".join(
+                f"{k} {before[k]!r} -> {v!r}" for k, v in after.items() if before[k] != v
+            )
+            log.info("run %s: execution settings changed: %s", self.run_id, changed)
+            self.store.put_json(self.key(CONFIG), config.to_dict())
 
     # --- keys ------------------------------------------------------------------------------
 
@@ -186,6 +210,17 @@ class Run:
         """The records of a JSON-lines object, oldest first; empty while it does not exist."""
         text = self.store.get_text_or_none(key) or ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def resolve_config(
+    store: ObjectStore, preset_name: str | None, overrides: Mapping[str, Any], run_id: str | None
+) -> RunConfig:
+    """The configuration a run will use, built once from what was asked: for a new run the
+    preset (default: "default") with the overrides; for an existing run its stored recipe
+    with the execution settings asked now (a recipe change is refused, naming each field)."""
+    if run_id is not None and (run := Run(store, run_id)).exists():
+        return resumed(run.config(), run_id, preset_name, overrides)
+    return preset(preset_name or "default", **overrides)
 
 
 def create_run(store: ObjectStore, config: RunConfig, run_id: str | None = None) -> str:

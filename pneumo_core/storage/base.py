@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ T = TypeVar("T")
 MiB = 1024 * 1024
 CHUNK = 8 * MiB
 TMP_SUFFIX = ".pneumo-tmp"  # temp files carry it so listings can hide half-written objects
+PROBE_DATA = b"pneumo probe\n"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -75,6 +77,11 @@ def atomic_path(dest: Path) -> Iterator[Path]:
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def probe_key() -> str:
+    """A fresh key for `ObjectStore.probe`'s object, hidden from listings like a temp file."""
+    return f"probe-{secrets.token_hex(4)}{TMP_SUFFIX}"
 
 
 def source_file(path: str | Path) -> Path:
@@ -141,6 +148,14 @@ class ObjectStore(ABC):
     ) -> str | None:
         """An http(s) GET link (None where the store has none); `endpoint_url` signs it
         for another address of the same server, e.g. the one a browser reaches."""
+
+    def probe(self) -> None:
+        """Write and delete a small hidden object, once, without the retries the pipeline's
+        own operations get: the pre-run check, so that a store that is unreachable, silent,
+        read-only, full or missing fails with one line at once, before any work."""
+        key = probe_key()
+        self.put_bytes(key, PROBE_DATA)
+        self.delete(key)
 
     @contextlib.contextmanager
     def writing_file(self, key: str) -> Iterator[Path]:

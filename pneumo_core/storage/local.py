@@ -27,8 +27,11 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     processes (released by the kernel if the holder dies)."""
     import fcntl
 
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as exc:  # a parent that is a file, a read-only or forbidden disk
+        raise StorageError(f"cannot write in {folder.as_uri()}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -37,14 +40,26 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 
 class LocalStore(ObjectStore):
-    """A folder; the embedded default. Temp file + rename makes every write atomic."""
+    """A folder; the embedded default. Temp file + rename makes every write atomic. The folder
+    is made by the first write, not on opening, so reading a store, or a command refused
+    before its work, leaves nothing behind (a missing folder reads as an empty store)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"cannot use {self.root} as a store: it is a file, not a folder")
-        self.root.mkdir(parents=True, exist_ok=True)
         self.uri = self.root.as_uri()
+
+    def probe(self) -> None:
+        """Whether the first write can make the store's folder and write in it, checked
+        without writing: a refused run leaves no folder behind."""
+        if self.root.is_dir():
+            return super().probe()
+        parent = next(p for p in self.root.parents if p.exists())
+        if not parent.is_dir():
+            raise StorageError(f"cannot use {self.root} as a store: {parent} is a file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StorageError(f"cannot create the store {self.root}: {parent} is not writable")
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -151,6 +166,3 @@ class LocalStore(ObjectStore):
     ) -> str | None:
         check_key(key)
         return None
-
-
-# S3 error codes: which ones a retry can fix and which ones mean "object missing".

@@ -14,6 +14,7 @@ from pneumo_core.settings import settings
 from pneumo_core.storage.backoff import sleep_before_retry
 from pneumo_core.storage.base import (
     CHUNK,
+    PROBE_DATA,
     TMP_SUFFIX,
     MiB,
     ObjectStore,
@@ -22,9 +23,16 @@ from pneumo_core.storage.base import (
     check_key,
     check_prefix,
     file_sha256,
+    probe_key,
     source_file,
 )
-from pneumo_core.storage.s3_errors import CONDITION_CODES, NOT_FOUND_CODES, error_code, translate
+from pneumo_core.storage.s3_errors import (
+    CONDITION_CODES,
+    NOT_FOUND_CODES,
+    Silence,
+    error_code,
+    translate,
+)
 
 
 class S3Store(ObjectStore):
@@ -42,9 +50,16 @@ class S3Store(ObjectStore):
     PNEUMO_S3_BACKOFF_S, default 0.5 s) doubling up to 20 s. Permanent failures (missing
     bucket, refused credentials, a server that is not S3) raise StorageError at once, and a
     request that used up its attempts TransientStorageError.
+
+    An endpoint that sends nothing is bounded apart from the attempts: all the store's
+    requests together wait at most `silence_s` (env PNEUMO_S3_SILENCE_S, default 120 s) for
+    it (`Silence`), each try a quarter of that for each byte, so a download that keeps
+    receiving bytes is never cut. `probe` is one try with short waits, for the pre-run check.
     """
 
     MAX_BACKOFF_S = 20.0
+    SILENCE_S = 120.0  # default of `silence_s`
+    PROBE_TIMEOUT_S = 10.0  # the probe's wait for a byte, at most
 
     def __init__(
         self,
@@ -57,6 +72,7 @@ class S3Store(ObjectStore):
         secret_key: str | None = None,
         max_attempts: int | None = None,
         backoff_s: float | None = None,
+        silence_s: float | None = None,
         multipart_threshold: int = 64 * MiB,
         cache_dir: str | Path | None = None,
     ) -> None:
@@ -73,6 +89,10 @@ class S3Store(ObjectStore):
         self.max_attempts = max(1, int(max_attempts or knobs.s3_max_attempts))
         self.backoff_s = backoff_s if backoff_s is not None else knobs.s3_backoff_s
         self.cache_dir = Path(cache_dir or knobs.cache_dir).expanduser()
+        if silence_s is None:
+            silence_s = knobs.s3_silence_s
+        self.read_timeout = max(0.1, silence_s / 4)  # per socket read: no byte for this long
+        connect_timeout = min(5.0, self.read_timeout)
         session = boto3.session.Session(
             aws_access_key_id=access_key, aws_secret_access_key=secret_key
         )
@@ -81,14 +101,16 @@ class S3Store(ObjectStore):
             signature_version="s3v4",
             s3={"addressing_style": "path"},  # SeaweedFS/MinIO have no virtual-host buckets
             retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
+            connect_timeout=connect_timeout,
+            read_timeout=self.read_timeout,
             request_checksum_calculation="when_required",  # S3 clones lag behind AWS here
             response_checksum_validation="when_required",
         )
         self._client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self._new_client = functools.partial(session.client, "s3", config=config)
         self.endpoint = self._client.meta.endpoint_url
+        self.silence = Silence(self, silence_s, self.read_timeout, connect_timeout)
+        self.silence.watch(self._client)
         self._transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=max(5 * MiB, multipart_threshold),
@@ -107,12 +129,14 @@ class S3Store(ObjectStore):
 
     # -- retries and error translation (the mapping itself: s3_errors.py) ---------------------
 
-    def _call(self, action: str, key: str | None, fn: Callable[[], T]) -> T:
+    def _call(
+        self, action: str, key: str | None, fn: Callable[[], T], attempts: int | None = None
+    ) -> T:
         """Run one S3 operation (botocore has retried what a retry can fix); translate errors."""
         try:
             return fn()
         except Exception as exc:
-            error = translate(exc, action, key, self)
+            error = translate(exc, action, key, self, attempts)
             if error is None:
                 raise
             raise error from exc
@@ -124,6 +148,7 @@ class S3Store(ObjectStore):
         from botocore.exceptions import ResponseStreamingError as Broken
 
         full = self._full(check_key(key))
+        stalled = 0.0  # the bodies' waits for a byte that never came, bounded like a silence
         for attempt in range(1, self.max_attempts + 1):
             response = self._call(
                 "GET", key, lambda: self._client.get_object(Bucket=self.bucket, Key=full)
@@ -131,10 +156,14 @@ class S3Store(ObjectStore):
             try:
                 return read(response)
             except (Broken, IncompleteReadError, ReadTimeoutError) as exc:
-                if attempt == self.max_attempts:
+                stalled += self.read_timeout if isinstance(exc, ReadTimeoutError) else 0.0
+                if (
+                    attempt == self.max_attempts
+                    or stalled + self.read_timeout > self.silence.budget_s
+                ):
                     raise TransientStorageError(
                         f"S3 GET of {self.where(key)}: the body broke off in each of "
-                        f"{self.max_attempts} attempts ({exc})"
+                        f"{attempt} attempts ({exc})"
                     ) from exc
                 sleep_before_retry(attempt, self.backoff_s, self.MAX_BACKOFF_S)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -321,6 +350,25 @@ class S3Store(ObjectStore):
             if stale != path and not stale.name.endswith(TMP_SUFFIX):
                 stale.unlink(missing_ok=True)
         return path
+
+    def probe(self) -> None:
+        """Write and delete a hidden object, one try each with short waits: a refused or
+        silent endpoint, missing bucket or refused credentials is one line within seconds."""
+        from botocore.config import Config
+
+        quick = min(self.PROBE_TIMEOUT_S, self.read_timeout)
+        once = self._client.meta.config.merge(
+            Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=quick)
+        )
+        client = self._new_client(endpoint_url=self.endpoint, config=once)
+        full = self._full(probe_key())
+
+        def write_and_delete() -> None:
+            md5 = _content_md5(PROBE_DATA)
+            client.put_object(Bucket=self.bucket, Key=full, Body=PROBE_DATA, ContentMD5=md5)
+            client.delete_object(Bucket=self.bucket, Key=full)
+
+        self._call("probe", None, write_and_delete, attempts=1)
 
     def presigned_url(
         self, key: str, expires_s: int = 7 * 86400, endpoint_url: str | None = None

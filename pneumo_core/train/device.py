@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumo_core.config.run import RunConfig
+from pneumo_core.config.execution import ExecutionConfig
 from pneumo_core.data.decode import available_cores
 from pneumo_core.errors import InputError
 
@@ -56,20 +56,24 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if (device.index or 0) >= count:
-            raise InputError(f"config field device={name!r}: this machine has {count} CUDA GPU(s)")
+            raise InputError(
+                f"config field execution.device={name!r}: this machine has {count} CUDA GPU(s)"
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"config field device={name!r}: MPS is not available on this machine")
+        raise InputError(
+            f"config field execution.device={name!r}: MPS is not available on this machine"
+        )
     return device
 
 
-def tune_for_cuda(model: nn.Module, config: RunConfig) -> None:
+def tune_for_cuda(model: nn.Module, execution: ExecutionConfig) -> None:
     """The CUDA execution settings (bench/gpu_check.py measured each; docs/benchmarks.md).
     Compiling covers the backbone and head, whose shapes are fixed, and leaves the loss
     and box decoding (data-dependent shapes) to eager mode."""
     torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
-    if config.channels_last:
+    if execution.channels_last:
         model.to(memory_format=torch.channels_last)
-    if config.torch_compile:
+    if execution.torch_compile:
         # In place: the state_dict keys stay those of the plain modules, so checkpoints load
         # anywhere. dynamic=False: the odd last batch costs one more static graph.
         model.backbone.compile(dynamic=False)

@@ -58,7 +58,7 @@ def train_fold(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
         raise InputError(
             f"run {run_id} fold {fold}: out of memory at batch_size={config.batch_size} "
-            f"(val_batch_size={config.val_batch_size}): lower the batch size, e.g. --set "
+            f"(val_batch_size={config.execution.val_batch_size}): lower the batch size, e.g. --set "
             f"batch_size={max(1, config.batch_size // 2)}, or use a larger GPU ({first})"
         ) from exc
 
@@ -69,7 +69,7 @@ class _FoldTraining:
     def __init__(self, store: ObjectStore, run_id: str, fold: int, config: RunConfig):
         self.store, self.run_id, self.fold, self.config = store, run_id, fold, config
         self.run_files = Run(store, run_id)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.execution.device)
         self.cache = PreparedCache(store, config.dataset, config.image_size)
         self.train_ids, self.val_ids = self.cache.fold_ids(fold)
         if not self.train_ids or not self.val_ids:
@@ -91,10 +91,10 @@ class _FoldTraining:
                 model, info = build_model(config, weights.resolve(config, self.store))
             model.to(self.device)
             if self.device.type == "cuda":
-                tune_for_cuda(model, config)
+                tune_for_cuda(model, config.execution)
             train_loader, val_loader = self._loader("train"), self._loader("val")
             optimizer = create_optimizer(model, config)
-            autocast_dtype = amp_dtype(config, self.device)
+            autocast_dtype = amp_dtype(config.execution, self.device)
             state = TrainingState(
                 model=model,
                 optimizer=optimizer,
@@ -180,9 +180,9 @@ class _FoldTraining:
         )
         return make_loader(
             dataset,
-            batch_size=self.config.batch_size if training else self.config.val_batch_size,
+            batch_size=self.config.batch_size if training else self.config.execution.val_batch_size,
             shuffle=training,
-            num_workers=self.config.num_workers,
+            num_workers=self.config.execution.num_workers,
             pin_memory=self.device.type == "cuda",
         )
 

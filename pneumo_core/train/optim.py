@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pneumo_core.config.execution import ExecutionConfig
 from pneumo_core.config.run import RunConfig
 
 
@@ -23,11 +24,11 @@ def create_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def amp_dtype(config: RunConfig, device: torch.device) -> torch.dtype | None:
+def amp_dtype(execution: ExecutionConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of training, None for float32. CUDA only: bfloat16 autocast on a
     CPU with AMX trained the ci recipe 1.3-1.4x faster per core (docs/benchmarks.md), but a tiny run
     diverged to NaN with it, so CPUs stay in float32."""
-    if not (config.amp and device.type == "cuda"):
+    if not (execution.amp and device.type == "cuda"):
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 

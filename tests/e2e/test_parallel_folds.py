@@ -31,7 +31,7 @@ def test_folds_trained_at_once_match_folds_trained_alone(tmp_path):
         for fold in folds:
             train_fold(store, alone, fold)
         together = create_run(store, config, "together")
-        with ThreadPoolExecutor(config.max_parallel_folds) as pool:
+        with ThreadPoolExecutor(config.execution.max_parallel_folds) as pool:
             list(pool.map(lambda fold: train_fold(store, together, fold), folds))
     finally:
         torch.set_num_threads(threads)

@@ -165,7 +165,7 @@ def test_store_dropping_connections_is_retried_and_the_fold_completes(
 
 
 def test_bad_source_fails_at_once_without_retry(tmp_path: Path) -> None:
-    """A source without the competition's files is bad input: prepare (a retried task) fails
+    """A source without the competition's files is bad input: ingest (a retried task) fails
     on its first attempt with the reason, and the run stops there."""
     source = tmp_path / "not-an-archive"
     source.mkdir()
@@ -174,15 +174,15 @@ def test_bad_source_fails_at_once_without_retry(tmp_path: Path) -> None:
         source=str(source), storage=(tmp_path / "store").as_uri(), preset="ci", return_state=True
     )
     assert state.is_failed()
-    runs = task_runs_of(state.state_details.flow_run_id, "prepare-128px-2-folds")
-    assert runs["ingest-rsna-pneumonia-detection-challenge"].state_type.value == "COMPLETED"
-    failed = runs["prepare-128px-2-folds"]
+    ingest_run = "ingest-rsna-pneumonia-detection-challenge"
+    runs = task_runs_of(state.state_details.flow_run_id, ingest_run)
+    failed = runs[ingest_run]
     assert failed.state_type.value == "FAILED"
     assert failed.run_count == 1
     assert "AwaitingRetry" not in state_names(failed.id)
     assert "InputError" in failed.state.message
     assert "stage_2_train_labels.csv" in failed.state.message
-    assert not any(name.startswith("train-fold") for name in runs)
+    assert not any(name.startswith(("prepare", "train-fold")) for name in runs)
 
 
 def test_fold_outside_the_run_fails_at_once_without_retry(

@@ -57,6 +57,33 @@ def test_s3_zip_source(s3_env: str, archive: Path, tmp_path: Path) -> None:
     assert result.uploaded == result.members
 
 
+@pytest.mark.parametrize("defect", ["bad-labels", "no-labels"])
+def test_s3_zip_source_is_checked_before_it_replaces_the_dataset(
+    s3_env: str, archive: Path, tmp_path: Path, defect: str
+) -> None:
+    """Downloaded, then checked like a local zip: the store's current dataset stays."""
+    store = LocalStore(tmp_path / "store")
+    ingest(str(archive), store)
+    before = {k: store.get_bytes(k) for k in store.list("")}
+    members = zip_members(archive)
+    if defect == "bad-labels":
+        lines = members[TRAIN_LABELS].decode().splitlines()
+        lines[1] = lines[1].split(",")[0] + ",10,10,-5,20,1"
+        members[TRAIN_LABELS] = ("\n".join(lines) + "\n").encode()
+        expected = rf"{TRAIN_LABELS} row 2: box size must be positive, got width -5"
+    else:
+        del members[TRAIN_LABELS]
+        expected = rf"not the competition's archive: no {TRAIN_LABELS}"
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    open_store(s3_env).put_file("archives/broken.zip", broken)
+    with pytest.raises(InputError, match=expected):
+        ingest(f"{s3_env}/archives/broken.zip", store)
+    assert {k: store.get_bytes(k) for k in store.list("")} == before
+
+
 def test_missing_s3_source_names_the_object(s3_env: str, tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound, match=r"archives/absent\.zip"):
         ingest(f"{s3_env}/archives/absent.zip", LocalStore(tmp_path / "store"))

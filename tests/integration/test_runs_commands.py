@@ -1,4 +1,5 @@
-"""`pneumo runs`, `pneumo champion`, `pneumo compare` and fresh links, on both stores."""
+"""`pneumo runs`, `pneumo champion`, `pneumo compare` and fresh links, on both stores: newest
+first by the recorded creation time, a damaged run listed as such, an unknown run id refused."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 
 from flows.cli.main import main
 from pneumo_core.config.run import preset
-from pneumo_core.layout import run_key
+from pneumo_core.layout import CONFIG, RECORD, run_key
 from pneumo_core.runs import champion, kaggle_submit
+from pneumo_core.runs.catalog import created_from_id
 from pneumo_core.runs.links import PUBLIC_ENDPOINT_ENV
+from pneumo_core.runs.records import RunRecord
 from pneumo_core.runs.run import Run, create_run
 from pneumo_core.storage.base import ObjectStore
 from tests.conftest import S3Server
@@ -25,10 +28,13 @@ def make_run(
     per_fold: list[float],
     oof_map: float,
     test_images: int = 3,
+    created: str | None = None,
     **overrides: object,
 ) -> str:
-    """A run as the pipeline leaves it: config, done folds, evaluation, submission."""
+    """A run as the pipeline leaves it: config, record, done folds, evaluation, submission;
+    made at `created` (default: the time in its id)."""
     create_run(store, preset("ci", **overrides), run_id)
+    set_created(store, run_id, created or created_from_id(run_id))
     for k in range(folds_done):
         store.put_json(run_key(run_id, f"fold-{k}/done.json"), {"fold": k})
         store.put_bytes(run_key(run_id, f"fold-{k}/checkpoint-best.pt"), b"weights %d" % k)
@@ -45,6 +51,12 @@ def make_run(
     store.put_text(run_key(run_id, "submission.csv"), "patientId,PredictionString\n" + rows)
     store.put_text(run_key(run_id, "report.md"), f"# Run {run_id}\n")
     return run_id
+
+
+def set_created(store: ObjectStore, run_id: str, created: str | None) -> None:
+    """The run's record says it was made at `created`."""
+    record = RunRecord(run_id=run_id, created=created or "")
+    store.put_json(run_key(run_id, RECORD), record.to_json())
 
 
 OLD, NEW, HALF = "20261101-101010-aaaaaa", "20261120-090000-bbbbbb", "20261125-120000-cccccc"
@@ -85,6 +97,7 @@ def test_runs_lists_newest_first_with_champion_and_submissions(
         "champion": True,
         "submitted": 1,
         "config_hash": None,
+        "damaged": None,
     }
     assert (
         by_id[NEW]["config_hash"] == preset("ci", lr=5e-4, **{"augment.hflip_p": 0.0}).config_hash()
@@ -191,3 +204,65 @@ def test_report_champion_section_shows_the_comparison(three_runs: ObjectStore) -
     assert f"| field | {NEW} | {OLD} |" in champion_section
     assert "| augment.hflip_p | 0.0000 | 0.5000 |" in champion_section
     assert "| fold 1 mAP | 0.4400 | 0.3200 |" in champion_section
+
+
+def test_runs_named_by_hand_sort_by_their_recorded_time(
+    cli_store: ObjectStore, capsys: pytest.CaptureFixture
+) -> None:
+    store = cli_store
+    make_run(store, "zeta-first", 1, [0.1], 0.1, created="2026-01-01T08:00:00+00:00")
+    make_run(store, "alpha-later", 1, [0.1], 0.1, created="2026-03-01T08:00:00+00:00")
+    before_records = make_run(store, "20260201-000000-dddddd", 1, [0.1], 0.1)
+    store.delete(run_key(before_records, RECORD))  # stored before runs had a record
+    create_run(store, preset("ci"), "named-now")  # as `pneumo run --run-id named-now` makes it
+    assert main(["runs", "--storage", store.uri, "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in runs] == [
+        "named-now", "alpha-later", before_records, "zeta-first",
+    ]  # fmt: skip
+    created = {r["run_id"]: r["created"] for r in runs}
+    assert created["named-now"] == Run(store, "named-now").record().created
+    assert created["alpha-later"] == "2026-03-01T08:00:00+00:00"
+    assert created[before_records] == "2026-02-01T00:00:00+00:00"  # from the id, as before
+
+    assert main(["runs", "--storage", store.uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split()[:3] == ["alpha-later", "2026-03-01", "08:00:00"]
+
+
+def test_a_damaged_run_is_listed_as_damaged_and_the_others_as_usual(
+    three_runs: ObjectStore, capsys: pytest.CaptureFixture
+) -> None:
+    store = three_runs
+    for key in (run_key(OLD, CONFIG), run_key(HALF, RECORD)):
+        store.put_text(key, store.get_text(key)[:20])  # cut off mid-write
+    assert main(["runs", "--storage", store.uri, "--json"]) == 0
+    runs = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(runs) == [HALF, NEW, OLD]
+    assert f"{run_key(OLD, CONFIG)} is not valid JSON" in runs[OLD]["damaged"]
+    assert runs[OLD]["created"] == "2026-11-01T10:10:10+00:00"  # its record still reads
+    assert f"{run_key(HALF, RECORD)} is not valid JSON" in runs[HALF]["damaged"]
+    assert runs[HALF]["created"] == "2026-11-25T12:00:00+00:00"  # from the id
+    assert runs[NEW]["damaged"] is None and runs[NEW]["oof_map"] == 0.42
+
+    assert main(["runs", "--storage", store.uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    old_row = next(line.split() for line in lines if line.split()[:1] == [OLD])
+    assert old_row[3] == "damaged"
+    notes = [line for line in lines if line.startswith("damaged: ")]
+    assert len(notes) == 2 and notes[1].startswith(f"damaged: run {OLD}: ")
+
+
+def test_an_unknown_run_id_is_one_line_exit_2_in_every_command(
+    three_runs: ObjectStore, capsys: pytest.CaptureFixture
+) -> None:
+    unknown = "no-such-run"
+    for argv in (
+        ["runs", "--links", unknown],
+        ["compare", OLD, unknown],
+        ["submit", "--run", unknown],
+    ):
+        assert main([*argv, "--storage", three_runs.uri]) == 2, argv
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and out == "", (argv, err, out)
+        assert f"run {unknown}: no {run_key(unknown, CONFIG)} in {three_runs.uri}" in err, err

@@ -16,7 +16,7 @@ import pytest
 
 from pneumo_core.config.run import preset
 from pneumo_core.data.synthetic import generate
-from pneumo_core.runs.run import create_run
+from pneumo_core.runs.run import Run, create_run
 from pneumo_core.storage.open import open_store
 
 PNEUMO = [sys.executable, "-m", "flows.cli"]
@@ -59,7 +59,7 @@ def run_args(source: Path, store: Path, *extra: str) -> list[str]:
         (["--set", "augment.hflip_p=-1"], "field augment.hflip_p="),
         (["--set", "nope=1"], "unknown field nope"),
         (["--set", "lr"], "KEY=VALUE"),
-        (["--epochs", "0"], "field epochs=0"),
+        (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
         (["--train-fold", "7"], "folds [7]"),
         (["--run-id", "My run"], "run id 'My run'"),
         (["--epochs", "x"], "argument --epochs: invalid int value"),
@@ -173,3 +173,90 @@ def test_debug_shows_the_traceback(source, tmp_path):
     for result in (pneumo("--debug", *args), pneumo(*args, env={"PNEUMO_DEBUG": "1"})):
         assert result.returncode != 0
         assert "Traceback" in result.stderr and "InputError" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["prepare", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+        (["prepare", "--image-size", "5000"], "argument --image-size: must be at most 4096"),
+        (["prepare", "--folds", "1"], "argument --folds: must be at least 2, got 1"),
+        (["synth", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["synth", "--n-train", "0"], "argument --n-train: must be at least 1, got 0"),
+        (["synth", "--image-size", "4097", "--n-train", "1", "--n-test", "0"], "--image-size"),
+        (["train-fold", "--run", "r", "--fold", "-1"], "argument --fold: must be at least 0"),
+        (["synth", "--n-test", "x"], "argument --n-test: invalid int value: 'x'"),
+    ],
+)
+def test_counts_and_sizes_out_of_range_are_refused_naming_the_flag(tmp_path, args, fragment):
+    store = tmp_path / "store"
+    where = ["--out", str(tmp_path / "synth")] if args[0] == "synth" else ["--storage", str(store)]
+    one_line_error(pneumo(*args, *where), 2, fragment)
+    assert not store.exists() and not (tmp_path / "synth").exists()
+
+
+def test_a_huge_image_size_is_refused_while_parsing() -> None:
+    """The 100,000 px that once ended in a 37 GiB MemoryError: refused before any work."""
+    from flows.cli.main import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["synth", "--out", "x", "--image-size", "100000"])
+    assert stopped.value.code == 2
+
+
+def test_check_submission_of_a_missing_file_is_a_user_error(tmp_path):
+    missing = tmp_path / "nothing.csv"
+    one_line_error(pneumo("check-submission", str(missing)), 2, f"{missing}: no such file")
+    present = tmp_path / "submission.csv"
+    present.write_text("patientId,PredictionString\na,\n")
+    result = pneumo("check-submission", str(present), "--sample", str(missing))
+    one_line_error(result, 2, f"--sample {missing}: no such file")
+    assert pneumo("check-submission", str(present)).returncode == 0
+
+
+LIGHT = (
+    "import sys; from flows.cli.main import main; code = main(sys.argv[1:]); "
+    "print(code, 'torch' in sys.modules, 'prefect' in sys.modules)"
+)
+
+
+def light_command(*args: str) -> tuple[int, str]:
+    """The command's exit code and its one stderr line; it must not have imported torch
+    or prefect (seconds of imports) to say so."""
+    result = subprocess.run(
+        [sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, timeout=300
+    )
+    code, torch, prefect = result.stdout.split()
+    assert (torch, prefect) == ("False", "False"), (args, result.stderr[-2000:])
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    return int(code), lines[0]
+
+
+def test_argument_errors_answer_before_torch_and_prefect_are_imported(tmp_path):
+    store = open_store(tmp_path / "store")
+    create_run(store, preset("ci"), "untrained")  # configured, no fold trained yet
+    images, out = tmp_path / "images", str(tmp_path / "out.csv")
+    images.mkdir()
+    predict = ["predict", "--storage", store.uri, "--out", out]
+    code, line = light_command(*predict, "--run", "untrained", "--images", str(tmp_path / "no"))
+    assert code == 2 and f"--images {tmp_path / 'no'}: no such file or folder" in line
+    code, line = light_command(*predict, "--run", "nope", "--images", str(images))
+    assert code == 2 and f"run nope: no runs/nope/config.json in {store.uri}" in line
+    code, line = light_command(*predict, "--run", "untrained", "--images", str(images))
+    assert code == 2 and "run untrained: no fold has a checkpoint yet" in line
+
+    train = ["train-fold", "--storage", store.uri]
+    code, line = light_command(*train, "--run", "nope", "--fold", "0")
+    assert code == 2 and "run nope: no runs/nope/config.json" in line
+    code, line = light_command(*train, "--run", "untrained", "--fold", "5")
+    assert code == 2 and "folds [5]: choose among 0..1" in line
+    code, line = light_command(*train, "--run", "new", "--fold", "5", "--preset", "ci")
+    assert code == 2 and "folds [5]" in line and not Run(store, "new").exists()
+
+    as_file = tmp_path / "a-file"
+    as_file.write_text("not a store")
+    code, line = light_command(
+        "weights", "fetch", "--backbone", "resnet18", "--storage", str(as_file)
+    )
+    assert code == 1 and "it is a file, not a folder" in line

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
-from pneumo_core.config.run import PRESETS, RunConfig, parse_overrides, preset
+from pneumo_core.config.run import PRESETS, PresetName, RunConfig, parse_overrides, preset, resumed
 from pneumo_core.data.augment import AugmentConfig
 from pneumo_core.errors import InputError
 
@@ -15,7 +16,7 @@ from pneumo_core.errors import InputError
 def test_seed_preset_is_the_design_recipe():
     cfg = preset("seed")
     assert (cfg.backbone, cfg.image_size, cfg.n_folds, cfg.seed) == ("resnet50", 512, 4, 42)
-    assert (cfg.batch_size, cfg.val_batch_size) == (6, 4)
+    assert (cfg.batch_size, cfg.execution.val_batch_size) == (6, 4)
     assert (cfg.optimizer, cfg.lr, cfg.warmup_epochs) == ("adam", 1e-5, 0.0)
     assert (cfg.scheduler, cfg.plateau_patience, cfg.plateau_factor) == ("plateau", 4, 0.2)
     assert cfg.conv1_init == "random"
@@ -113,11 +114,11 @@ def test_config_is_frozen():
         ("focal_alpha=1.5", "field focal_alpha="),
         ("focal_alpha=-0.1", "field focal_alpha="),
         ("seed=-1", "field seed="),
-        ("device=gpu", "field device="),
-        ("device=cuda:x", "field device="),
+        ("device=gpu", "field execution.device="),
+        ("device=cuda:x", "field execution.device="),
         ("dataset=../raw", "field dataset="),
         ("grad_clip=0", "field grad_clip="),
-        ("num_workers=-1", "field num_workers="),
+        ("num_workers=-1", "field execution.num_workers="),
         ("tta_hflip=maybe", "field tta_hflip="),
         ("postprocess.shrink=0", "field postprocess.shrink="),
         ("augment.salt_pepper_size_min=0.5", "salt_pepper_size_min=0.5 must not exceed"),
@@ -131,7 +132,7 @@ def test_every_field_has_a_checked_range(item, fragment):
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
 def test_device_syntax(device):
-    assert preset("ci", device=device).device == device
+    assert preset("ci", device=device).execution.device == device
 
 
 def test_a_stored_config_with_a_wrong_type_names_the_field():
@@ -147,3 +148,43 @@ def test_a_stored_config_with_a_wrong_type_names_the_field():
 def test_python_construction_is_checked_too():
     with pytest.raises(InputError, match="field lr="):
         RunConfig(lr=float("nan"))
+
+
+def test_execution_settings_live_in_their_own_section_and_out_of_the_hash():
+    base = preset("ci")
+    assert "num_workers" not in base.recipe() and "execution" not in base.recipe()
+    moved = base.with_overrides(parse_overrides(["num_workers=3", "execution.amp=true"]))
+    assert (moved.execution.num_workers, moved.execution.amp) == (3, True)
+    assert moved.config_hash() == base.config_hash()
+    assert moved.with_overrides({"epochs": 2}).config_hash() != base.config_hash()
+
+
+def test_a_config_stored_before_the_execution_section_reads_and_hashes_as_its_recipe():
+    stored = preset("ci").to_dict()
+    flat = {k: v for k, v in stored.items() if k != "execution"} | stored["execution"]
+    old = RunConfig.from_dict(flat)
+    assert old == preset("ci") and old.config_hash() == preset("ci").config_hash()
+
+
+def test_a_resume_keeps_the_recipe_and_takes_new_execution_settings():
+    stored = preset("ci")
+    resumed_config = resumed(stored, "r1", None, {"execution.num_workers": "4"})
+    assert resumed_config.execution.num_workers == 4 and resumed_config.recipe() == stored.recipe()
+    with pytest.raises(InputError, match=r"another recipe: lr \(stored 0\.001, asked 0\.5\)"):
+        resumed(stored, "r1", None, {"lr": "0.5"})
+    with pytest.raises(InputError, match="preset"):
+        resumed(stored, "r1", "default", {})
+
+
+def test_the_preset_choice_lists_every_preset():
+    assert set(get_args(PresetName)) == set(PRESETS)
+
+
+def test_prepare_checks_its_arguments_as_a_run_does(tmp_path):
+    from pneumo_core.data.prepare import prepare_dataset
+    from pneumo_core.storage.local import LocalStore
+
+    with pytest.raises(InputError, match="field image_size=8"):
+        prepare_dataset(LocalStore(tmp_path), image_size=8)
+    with pytest.raises(InputError, match="field n_folds=1"):
+        prepare_dataset(LocalStore(tmp_path), n_folds=1)

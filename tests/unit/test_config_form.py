@@ -68,3 +68,29 @@ def test_the_pipeline_flow_validates_its_overrides() -> None:
     assert checked["overrides"].to_overrides() == {"augment.hflip_p": 0.0}
     with pytest.raises(ParameterTypeError, match="lr"):
         pipeline.validate_parameters({**given, "overrides": {"lr": -1}})
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value"),
+    [
+        ("promotion_margin", float("nan")),
+        ("promotion_margin", float("inf")),
+        ("promotion_margin", -1.0),
+        ("max_parallel_folds", 0),
+        ("gpus_per_worker", -1),
+        ("fold_pickup_timeout_s", 0.0),
+        ("fold_pickup_timeout_s", float("inf")),
+        ("folds", [-1]),
+        ("preset", "best"),
+        ("fold_runner", "cluster"),
+    ],
+)
+def test_every_pipeline_parameter_is_ranged_before_the_run_starts(parameter, value) -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.pipeline import pipeline
+
+    given = {"source": "s", "storage": "file:///x"}
+    pipeline.validate_parameters(given)  # the defaults pass
+    with pytest.raises(ParameterTypeError, match=parameter):
+        pipeline.validate_parameters({**given, parameter: value})

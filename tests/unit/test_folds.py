@@ -18,7 +18,7 @@ def patients(rsna_sample):
 
 
 def test_every_patient_once_with_even_classes(patients):
-    folds = make_folds(patients)
+    folds = make_folds(patients, n_folds=4, seed=42)
     assert list(folds.columns) == ["patientId", "class", "fold"]
     assert folds["patientId"].tolist() == patients["patientId"].tolist()
     assert sorted(folds["fold"].unique()) == [0, 1, 2, 3]
@@ -30,20 +30,21 @@ def test_every_patient_once_with_even_classes(patients):
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds(patients):
-    first, again = make_folds(patients, seed=42), make_folds(patients, seed=42)
+    first = make_folds(patients, n_folds=4, seed=42)
+    again = make_folds(patients, n_folds=4, seed=42)
     pd.testing.assert_frame_equal(first, again)
-    assert (make_folds(patients, seed=7)["fold"] != first["fold"]).any()
+    assert (make_folds(patients, n_folds=4, seed=7)["fold"] != first["fold"]).any()
 
 
 def test_fold_count_is_configurable(patients):
-    assert make_folds(patients, n_folds=5)["fold"].nunique() == 5
+    assert make_folds(patients, n_folds=5, seed=42)["fold"].nunique() == 5
 
 
 def test_bad_input():
     small = pd.DataFrame({"patientId": ["a", "b", "c"], "class": ["Normal"] * 3})
     with pytest.raises(InputError, match="a class has only 3"):
-        make_folds(small, n_folds=4)
+        make_folds(small, n_folds=4, seed=42)
     with pytest.raises(InputError, match="a appears more than once"):
-        make_folds(pd.concat([small, small]), n_folds=2)
+        make_folds(pd.concat([small, small]), n_folds=2, seed=42)
     with pytest.raises(InputError, match="missing"):
-        make_folds(small[["patientId"]])
+        make_folds(small[["patientId"]], n_folds=4, seed=42)

@@ -1,8 +1,12 @@
-"""Hostile archives and files: a zip bomb is refused before anything is written, and prepare
-quarantines a DICOM over the size cap without reading it."""
+"""Hostile archives and files: a zip bomb is refused before anything is written (and before
+`pneumo run` starts Prefect), and prepare quarantines a DICOM over the size cap without reading
+it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,7 +15,7 @@ import pytest
 
 from pneumo_core import DEFAULT_DATASET
 from pneumo_core.data.dicom import DicomError, read_dicom
-from pneumo_core.data.ingest import ingest
+from pneumo_core.data.ingest import check_source, ingest
 from pneumo_core.data.prepare import prepare_dataset
 from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import InputError
@@ -45,6 +49,34 @@ def test_a_zip_bomb_is_refused_before_any_write(archive: Path, tmp_path: Path) -
     with pytest.raises(InputError, match=r"padding\.bin' inflates .*x .*PNEUMO_INGEST_MAX_RATIO"):
         ingest(str(bomb(archive, tmp_path)), store, progress=False)
     assert store.list() == []
+
+
+def test_the_pre_run_check_refuses_a_zip_bomb(archive: Path, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(InputError, match=r"padding\.bin' inflates .*PNEUMO_INGEST_MAX_RATIO"):
+        check_source(str(bomb(archive, tmp_path)), store)
+    assert not store.root.exists()
+
+
+def test_pneumo_run_refuses_a_zip_bomb_in_one_line_before_prefect(
+    archive: Path, tmp_path: Path
+) -> None:
+    """The real command in its own process: exit 2 and one line, no traceback, no Prefect,
+    and no store folder left behind."""
+    store = tmp_path / "store"
+    args = ["run", "--source", str(bomb(archive, tmp_path)), "--storage", str(store)]
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args, "--preset", "ci"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PNEUMO_DEBUG"},
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = result.stderr.splitlines()
+    assert "padding.bin' inflates" in line and "PNEUMO_INGEST_MAX_RATIO" in line
+    assert "prefect" not in result.stderr.lower()
+    assert not (store / "raw").exists()
 
 
 def test_the_total_uncompressed_size_has_a_ceiling(

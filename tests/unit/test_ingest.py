@@ -20,11 +20,30 @@ from pneumo_core.data import kaggle
 from pneumo_core.data.ingest import ingest
 from pneumo_core.data.synthetic import generate
 from pneumo_core.errors import InputError
-from pneumo_core.layout import SAMPLE_SUBMISSION, TRAIN_IMAGES, TRAIN_LABELS, manifest_key
+from pneumo_core.layout import (
+    CLASS_INFO,
+    SAMPLE_SUBMISSION,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    manifest_key,
+)
 from pneumo_core.storage.base import ObjectStore
 from pneumo_core.storage.local import LocalStore
 
 PREFIX = f"raw/{DEFAULT_DATASET}/"
+# The smallest source ingest accepts: the two label tables and one train image (never decoded).
+MINIMAL = {
+    TRAIN_LABELS: b"patientId,x,y,width,height,Target\na,,,,,0\n",
+    CLASS_INFO: b"patientId,class\na,Normal\n",
+    f"{TRAIN_IMAGES}/a.dcm": b"image bytes",
+}
+
+
+def write_minimal(folder: Path) -> Path:
+    for name, data in MINIMAL.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +138,11 @@ def test_large_members_stream_through_put_file(
     payload = os.urandom(5000)
     archive = tmp_path / "big.zip"
     with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in MINIMAL.items():
+            zf.writestr(name, data)
         zf.writestr("big.bin", payload, compress_type=zipfile.ZIP_DEFLATED)
         zf.writestr("small.txt", b"tiny")
-    folder = tmp_path / "folder"
-    folder.mkdir()
+    folder = write_minimal(tmp_path / "folder")
     (folder / "big.bin").write_bytes(payload)
 
     for source in (archive, folder):
@@ -227,14 +247,14 @@ def test_folder_symlink_outside_is_refused(source_folder: Path, tmp_path: Path) 
 
 
 def test_folder_links_inside_are_followed_and_loops_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "folder"
+    folder = write_minimal(tmp_path / "folder")
     (folder / "data").mkdir(parents=True)
     (folder / "data" / "a.txt").write_bytes(b"A")
     (folder / "alias.txt").symlink_to(folder / "data" / "a.txt")
     (folder / "data-link").symlink_to(folder / "data", target_is_directory=True)
     store = LocalStore(tmp_path / "store")
     result = ingest(str(folder), store)
-    assert result.members == 3
+    assert result.members == 3 + len(MINIMAL)
     for name in ("data/a.txt", "alias.txt", "data-link/a.txt"):
         assert store.get_bytes(PREFIX + name) == b"A"
 
@@ -258,7 +278,8 @@ def test_corrupt_member_is_named_and_nothing_changes(source_zip: Path, tmp_path:
     before = snapshot(store)
     archive = tmp_path / "corrupt.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr(TRAIN_LABELS, b"patientId,x,y,width,height,Target\n")  # changed
+        for name, data in MINIMAL.items():  # other labels than those stored
+            zf.writestr(name, data)
         zf.writestr("a.txt", b"A" * 1000, compress_type=zipfile.ZIP_STORED)
     data = bytearray(archive.read_bytes())
     data[data.index(b"A" * 1000) + 10] = ord("B")  # the CRC no longer matches

@@ -185,7 +185,13 @@ def prepared_then_reingested_with(
     ingest(str(synth), store)
     prepare_dataset(store, image_size=SIZE, n_folds=2, workers=1)
     before = {k: store.get_bytes(k) for k in store.list("prepared/")}
+    source, row = labels_edited(synth, tmp_path, field, value)
+    ingest(str(source), store)
+    return store, before, row
 
+
+def labels_edited(synth: Path, tmp_path: Path, field: int, value: str) -> tuple[Path, int]:
+    """A copy of the source with its labels' first positive row edited, and that row's number."""
     source = copy_of(synth, tmp_path)
     labels = source / TRAIN_LABELS
     lines = labels.read_text().splitlines()
@@ -194,18 +200,21 @@ def prepared_then_reingested_with(
     fields[field] = value
     lines[positive] = ",".join(fields)
     labels.write_text("\n".join(lines) + "\n")
-    ingest(str(source), store)
-    return store, before, positive + 1
+    return source, positive + 1
 
 
-def test_bad_labels_fail_before_anything_is_written(synth: Path, tmp_path: Path) -> None:
-    store, before, row = prepared_then_reingested_with(synth, tmp_path, 3, "wide")
+def test_bad_labels_are_refused_at_ingest_and_the_stored_data_set_stays(
+    synth: Path, tmp_path: Path
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    ingest(str(synth), store)
+    prepare_dataset(store, image_size=SIZE, n_folds=2, workers=1)
+    before = {k: store.get_bytes(k) for k in store.list("")}
+    source, row = labels_edited(synth, tmp_path, 3, "wide")
     with pytest.raises(InputError, match=rf"stage_2_train_labels\.csv row {row}: width"):
-        prepare_dataset(store, image_size=SIZE, n_folds=2, workers=1)
-    assert {k: store.get_bytes(k) for k in store.list("prepared/")} == before
-    with pytest.raises(InputError, match="row"):
-        prepare_dataset(store, image_size=SIZE * 2, n_folds=2, workers=1)
-    assert store.list(prepared_prefix(DEFAULT_DATASET, SIZE * 2)) == []
+        ingest(str(source), store)
+    assert {k: store.get_bytes(k) for k in store.list("")} == before
+    assert prepare_dataset(store, image_size=SIZE, n_folds=2, workers=1).reused
 
 
 def test_box_outside_its_own_image_names_the_row(synth: Path, tmp_path: Path) -> None:

@@ -26,11 +26,27 @@ def test_creating_a_run_records_when_and_from_what(run: Run) -> None:
     assert "created" not in run.store.get_json(run.key("config.json"))  # facts, not config
 
 
-def test_the_same_configuration_again_is_the_same_run_and_another_is_refused(run: Run) -> None:
+def test_the_same_recipe_again_is_the_same_run_and_another_is_refused(run: Run) -> None:
     again = Run.create(run.store, preset("ci"), "exp-1", "other.zip")
     assert again.record().source == "data.zip"  # the record is written once
-    with pytest.raises(InputError, match="exp-1 already exists with a different configuration"):
+    with pytest.raises(InputError, match="exp-1 already exists with a different recipe"):
         Run.create(run.store, preset("ci", epochs=3), "exp-1")
+    assert run.config() == preset("ci")
+
+
+def test_a_resume_may_change_execution_settings_never_the_hash(run: Run) -> None:
+    faster = preset("ci", **{"execution.num_workers": 4, "execution.device": "cpu"})
+    Run.create(run.store, faster, "exp-1")
+    assert run.config().execution.num_workers == 4 and run.config().execution.device == "cpu"
+    assert run.config().config_hash() == preset("ci").config_hash()
+    assert run.config().recipe() == preset("ci").recipe()
+
+
+def test_a_resume_on_other_data_is_refused_naming_both_digests(run: Run) -> None:
+    before = run.store.get_json(run.key("config.json"))
+    with pytest.raises(InputError, match=r"manifest abc123.*gives fff999.*data\.zip"):
+        Run.create(run.store, preset("ci", num_workers=3), "exp-1", "other.zip", "fff999")
+    assert run.store.get_json(run.key("config.json")) == before  # nothing of the run touched
 
 
 def test_records_round_trip_through_the_store(run: Run) -> None:

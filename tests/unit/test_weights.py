@@ -15,7 +15,7 @@ import torchvision
 
 from flows.cli.main import main
 from pneumo_core.config.run import preset
-from pneumo_core.errors import InputError
+from pneumo_core.errors import InputError, NetworkError
 from pneumo_core.layout import fold_key
 from pneumo_core.model.build import build_model
 from pneumo_core.model.weights import fetch, resolve, store_key
@@ -125,7 +125,7 @@ def test_a_file_whose_hash_does_not_match_is_refused(weights_server, torch_home,
     base, served = weights_server
     _publish(served, monkeypatch, base, name="resnet18-00000000.pth")
     store = LocalStore(torch_home.parent / "store")
-    with pytest.raises(InputError, match="hash"):
+    with pytest.raises(NetworkError, match="hash"):
         fetch(store, "resnet18")
     assert store.list("models/") == []
 
@@ -133,7 +133,7 @@ def test_a_file_whose_hash_does_not_match_is_refused(weights_server, torch_home,
 def test_no_network_fails_clearly(torch_home, monkeypatch):
     monkeypatch.setattr(PUBLISHED.value, "url", "http://127.0.0.1:9/resnet18-f37072fd.pth")
     store = LocalStore(torch_home.parent / "store")
-    with pytest.raises(InputError, match="pneumo weights fetch"):
+    with pytest.raises(NetworkError, match="pneumo weights fetch"):
         fetch(store, "resnet18")
 
 
