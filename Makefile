@@ -75,3 +75,10 @@ bench-scale: $(STAMP)
 test-docker: $(STAMP)
 	tests/docker/prerequisites.sh warm
 	$(BIN)/python -m pytest -m docker tests/docker
+
+# The generated parts of docs/configuration.md and docs/cli.md, written from the run
+# configuration, the PNEUMO_* settings and the command's parser (tests/unit/test_docs.py
+# fails while they differ from the code).
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python -m bench.docs_pages --write

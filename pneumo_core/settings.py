@@ -1,4 +1,4 @@
-"""The environment knobs, `PNEUMO_*`, in one typed place (docs/settings.md lists them).
+"""The environment knobs, `PNEUMO_*`, in one typed place (docs/configuration.md lists them).
 
 `settings()` follows the environment as it is at each call, so a value takes effect where it
 is used, without a restart of anything that imported this module. An empty variable counts

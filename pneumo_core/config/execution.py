@@ -34,7 +34,7 @@ class ExecutionConfig(CheckedModel):
     torch_compile: bool = False  # backbone and head through torch.compile
     num_workers: int = Field(2, ge=0, le=256)  # data loader processes per fold
     max_parallel_folds: int = Field(1, ge=1, le=256)  # local runner: folds trained at once
-    val_batch_size: int = Field(4, ge=1, le=4096)  # validation and prediction batch
+    val_batch_size: int = Field(4, ge=1, le=4096)  # validation batch (prediction: its own)
 
 
 def canonical_key(key: str) -> str:

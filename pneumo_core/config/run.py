@@ -6,7 +6,7 @@ compared field by field. It is the recipe (everything that decides the model) pl
 `execution` section (device, precision, loader workers, folds at once) that a resume may
 change; the configuration hash covers the recipe only. Presets:
 
-- `seed`: the seed recipe of DESIGN.md, exactly, kept as the baseline to beat.
+- `seed`: the first design's recipe, exactly, kept as the baseline to beat (docs/kaggle.md).
 - `default`: our best recipe (docs/benchmarks.md compares it with the seed).
 - `ci`: the smallest setting that still learns on a CPU, for tests and the demo.
 """
@@ -162,7 +162,7 @@ def preset(name: str, **overrides: Any) -> RunConfig:
 
 
 def _seed() -> RunConfig:
-    """DESIGN.md's seed recipe, exactly (its augmentation is AugmentConfig's seed default)."""
+    """The first design's recipe, exactly (its augmentation is AugmentConfig's seed default)."""
     return RunConfig(
         preset="seed",
         image_size=512,

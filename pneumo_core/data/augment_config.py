@@ -13,7 +13,7 @@ from pneumo_core.config.checked import CheckedModel
 
 
 class AugmentConfig(CheckedModel):
-    """Ranges and probabilities of every augmentation; the defaults are DESIGN.md's seed recipe.
+    """Ranges and probabilities of every augmentation; the defaults are the seed recipe's.
 
     Ranges are symmetric half-widths: a scale of 0.15 draws a zoom in [0.85, 1.15], a shift of
     0.05 draws up to 5 % of the image size along each axis, a gamma of 0.25 draws gamma in
@@ -52,7 +52,7 @@ class AugmentConfig(CheckedModel):
 
     @classmethod
     def seed_recipe(cls) -> AugmentConfig:
-        """The seed's heavy augmentation (DESIGN.md), kept so results stay comparable."""
+        """The seed recipe's heavy augmentation, kept so results stay comparable."""
         return cls()
 
     @classmethod

@@ -19,6 +19,7 @@ from torch import nn
 from pneumo_core.config.execution import ExecutionConfig
 from pneumo_core.data.decode import available_cores
 from pneumo_core.errors import InputError
+from pneumo_core.train.stop import check_stop
 
 # cuDNN's algorithm search: no gain measured on an H100 (62 vs 57 images/s without it), so
 # PyTorch's default stays; bench/gpu_check.py turns it on for the comparison.
@@ -81,10 +82,18 @@ def tune_for_cuda(model: nn.Module, execution: ExecutionConfig) -> None:
 
 
 def batches(loader: torch.utils.data.DataLoader) -> Iterator:
-    """The loader's iterator, made in turn with the other folds' initialisation: making it
-    draws a seed from torch's global RNG (see GLOBAL_RNG)."""
+    """The loader's batches, its iterator made in turn with the other folds' initialisation
+    (making it draws a seed from torch's global RNG: see GLOBAL_RNG); TrainingStopped before
+    a batch once a stop is requested."""
     with GLOBAL_RNG:
-        return iter(loader)
+        iterator = iter(loader)
+    return _until_stopped(iterator)
+
+
+def _until_stopped(iterator: Iterator) -> Iterator:
+    for batch in iterator:
+        check_stop()
+        yield batch
 
 
 def seed_everything(seed: int) -> None:

@@ -27,7 +27,7 @@ def test_deployed_pipeline_form_is_typed_and_checked(prefect_server: PrefectServ
             assert deployment.enforce_parameter_schema
 
             props = schema["properties"]
-            assert props["preset"]["default"] == "default"
+            assert props["preset"]["default"] is None  # a new run: default; a resume: its own
             form = schema["definitions"]["RunOverrides"]
             assert set(form["properties"]) == set(RunConfig.model_fields) - {"preset"}
             lr = form["properties"]["lr"]
@@ -42,6 +42,19 @@ def test_deployed_pipeline_form_is_typed_and_checked(prefect_server: PrefectServ
                 with pytest.raises(PrefectHTTPStatusError) as refused:
                     client.create_flow_run_from_deployment(
                         deployment_id, parameters={**GIVEN, "overrides": bad}
+                    )
+                assert refused.value.response.status_code == 409, bad
+            for bad in (
+                {"preset": "best"},
+                {"promotion_margin": -1},
+                {"max_parallel_folds": 0},
+                {"gpus_per_worker": -1},
+                {"fold_pickup_timeout_s": 0},
+                {"folds": [-1]},
+            ):
+                with pytest.raises(PrefectHTTPStatusError) as refused:
+                    client.create_flow_run_from_deployment(
+                        deployment_id, parameters={**GIVEN, **bad}
                     )
                 assert refused.value.response.status_code == 409, bad
             client.delete_flow_run(run.id)
